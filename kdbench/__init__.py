@@ -1,0 +1,2 @@
+"""kdbench: a benchmarking harness for adversarial knowledge distillation."""
+__version__ = "0.1.0"

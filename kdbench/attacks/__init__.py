@@ -1,0 +1,1 @@
+"""Attacks: the native training-time inner maximisation (:mod:`kdbench.attacks.pgd`)."""

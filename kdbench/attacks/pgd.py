@@ -1,0 +1,56 @@
+"""Projected gradient ascent for training-time inner maximisation (methods.md 0.3).
+
+This is the attack *inside* training (PGD-AT, TRADES and every distillation method); it is
+deliberately small and native so each method's exact variant (loss, start, steps, step, mode)
+is visible.  Evaluation attacks go through the libraries (``kdbench evaluate``).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+
+@contextmanager
+def mode(model: torch.nn.Module, train: bool):
+    """Temporarily put ``model`` in train (True) or eval (False) mode."""
+    prev = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(prev)
+
+
+def random_start(x: torch.Tensor, eps: float, start: str, clip: bool = True) -> torch.Tensor:
+    """``uniform``: x + U(-eps, eps) (Madry); ``normal``: x + 0.001 N(0, I) (TRADES);
+    ``none``: x.  ``clip`` clips the start to [0, 1] (some official codes do not)."""
+    if start == "uniform":
+        x0 = x + torch.empty_like(x).uniform_(-eps, eps)
+    elif start == "normal":
+        x0 = x + 0.001 * torch.randn_like(x)
+    elif start == "none":
+        x0 = x.clone()
+    else:
+        raise ValueError(f"unknown random start {start!r}")
+    return x0.clamp(0, 1) if clip else x0
+
+
+def pgd(x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor], eps: float, step_size: float,
+        steps: int, start: str = "uniform", clip_start: bool = True, descend: bool = False) -> torch.Tensor:
+    """L-inf PGD: ``steps`` sign-gradient steps on ``objective(x')`` (a scalar), each followed by
+    projection onto the eps-box around ``x`` and clipping to [0, 1].
+
+    ``descend=True`` minimises the objective (targeted attacks).  Returns a detached tensor.
+    """
+    x = x.detach()
+    x_adv = random_start(x, eps, start, clip_start).detach()
+    sign = -1.0 if descend else 1.0
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            grad, = torch.autograd.grad(objective(x_adv), x_adv)
+        x_adv = x_adv.detach() + sign * step_size * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+    return x_adv.detach()

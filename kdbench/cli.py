@@ -1,0 +1,122 @@
+"""The ``kdbench`` command line: ``train``, ``evaluate``, ``list``.
+
+Bad input prints one line (``kdbench: error: ...``) and exits with status 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .errors import KdbenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's code), no usage dump
+        raise KdbenchError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a model with a method (natural, pgd-at, trades, ...)",
+                       description="Train with one of kdbench's methods into a run directory.")
+    p.add_argument("--method", help="method id (kdbench list methods)")
+    p.add_argument("--dataset", help="dataset name, npz:PATH or folder:PATH")
+    p.add_argument("--model", help="student architecture (default: the dataset's)")
+    p.add_argument("--teacher", action="append", dest="teachers", metavar="RUN_DIR|SPEC",
+                   help="teacher model (repeat for several)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--eps", type=float, help="training L-inf budget (default: the dataset's)")
+    p.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
+    p.add_argument("--config", help="YAML config; flags override it")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--data-dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method_params.beta=3 (YAML value)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    import yaml
+
+    from .config import TrainConfig, load_config, merge
+    from .train.engine import train
+
+    cfg = load_config(args.config) if args.config else TrainConfig()
+    over = {"method": args.method, "dataset": args.dataset, "model": args.model, "teachers": args.teachers,
+            "epochs": args.epochs, "batch_size": args.batch_size, "optimizer.lr": args.lr, "attack.eps": args.eps,
+            "train_subset": args.train_subset, "seed": args.seed, "device": args.device,
+            "data_dir": args.data_dir}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise KdbenchError(f"--set expects KEY=VALUE, got {item!r}")
+        over[key.strip()] = yaml.safe_load(value)
+    if not args.resume and not (args.method or args.config):
+        raise KdbenchError("--method is required (or --config)")
+    cfg = merge(cfg, over)
+    history = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if history:
+        last = history[-1]
+        ev = f", clean {last['clean_acc']:.4f}, pgd {last['pgd_acc']:.4f}" if "clean_acc" in last else ""
+        print(f"trained {cfg.method or 'run'} -> {args.out} (epoch {last['epoch']}{ev})")
+    return 0
+
+
+def _add_list(sub):
+    p = sub.add_parser("list", help="list registered datasets, models, methods")
+    p.add_argument("what", choices=["datasets", "models", "methods", "all"], nargs="?", default="all")
+    p.set_defaults(func=cmd_list)
+
+
+def cmd_list(args) -> int:
+    from .data import DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+
+    for name, reg in (("datasets", DATASETS), ("models", MODELS), ("methods", METHODS)):
+        if args.what in (name, "all"):
+            print(f"{name}: {', '.join(reg.names())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="kdbench", description="Benchmark adversarial knowledge distillation.")
+    parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_train(sub)
+    _add_list(sub)
+    try:
+        from .evaluate.cli import add_evaluate
+    except ImportError:  # pragma: no cover - evaluate not installed
+        add_evaluate = None
+    if add_evaluate:
+        add_evaluate(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except KdbenchError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Typed training configuration, loaded from YAML and overridden by CLI flags.
+
+Every run writes the fully resolved config it actually used to ``RUN_DIR/config.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .errors import KdbenchError
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # multistep | cosine | constant
+    milestones: Optional[List[int]] = None  # epochs; None -> 50 % and 75 % of training
+    gamma: float = 0.1
+
+
+@dataclass
+class AttackSpec:
+    """Training-time inner maximisation; None -> the dataset's eps and the method's step rule."""
+    eps: Optional[float] = None
+    step_size: Optional[float] = None
+    steps: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # epochs between evaluations
+    n: int = 500  # test points (a seeded subset)
+    pgd_steps: int = 20
+    select: Optional[str] = None  # "clean" or "pgd"; None -> the method's choice
+    batch_size: int = 256
+
+
+@dataclass
+class TrainConfig:
+    method: str = "pgd-at"
+    dataset: str = "digits"
+    model: Optional[str] = None  # None -> the dataset's default architecture
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    teachers: List[str] = field(default_factory=list)
+    method_params: Dict[str, Any] = field(default_factory=dict)
+    epochs: Optional[int] = None
+    batch_size: int = 128
+    train_subset: Optional[int] = None  # train on a seeded subset of this many images
+    seed: int = 0
+    device: str = "auto"
+    amp: Optional[bool] = None  # None -> on for CUDA (bf16 when supported)
+    channels_last: Optional[bool] = None  # None -> on for CUDA
+    data_dir: Optional[str] = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls, data: Dict[str, Any], where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise KdbenchError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise KdbenchError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for k, v in data.items():
+        f = known[k]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[k] = _build(sub, v, f"{where}.{k}")
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Dict[str, Any], where: str = "config") -> TrainConfig:
+    data = dict(data)
+    for meta in ("kdbench_version", "dataset_info", "resolved"):
+        data.pop(meta, None)
+    return _build(TrainConfig, data, where)
+
+
+def load_config(path) -> TrainConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise KdbenchError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise KdbenchError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    return config_from_dict(data, str(p))
+
+
+def merge(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
+    """Apply flat or dotted overrides (``epochs``, ``optimizer.lr``); None values are ignored."""
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = d
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return config_from_dict(d)
+
+
+# Per-dataset defaults for small offline runs (paper-scale settings live in configs/).
+DATASET_DEFAULTS = {
+    "digits": {"model": "smallcnn", "epochs": 10},
+    "mnist5k": {"model": "smallcnn", "epochs": 10},
+    "fashion-mnist": {"model": "smallcnn", "epochs": 10},
+    "mnist": {"model": "smallcnn", "epochs": 20},
+    "cifar10": {"model": "resnet18", "epochs": 100},
+    "cifar100": {"model": "resnet18", "epochs": 100},
+    "svhn": {"model": "resnet18", "epochs": 50, "optimizer.lr": 0.01},
+    "tiny-imagenet": {"model": "preact-resnet18", "epochs": 100},
+}

@@ -1,0 +1,81 @@
+"""Training methods (a registry).  A method is a small class with two hooks over the one
+training loop (:mod:`kdbench.train.engine`):
+
+* :meth:`Method.perturb` -- the inner maximisation: how x' is made (or None for none);
+* :meth:`Method.loss` -- the outer loss, given the student, x, x' and y.
+
+Teachers are frozen, in eval mode, and handed to the method at construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..errors import KdbenchError
+from ..registry import Registry
+
+METHODS = Registry("method")
+
+
+@dataclass
+class AttackConfig:
+    """The training-time inner maximisation budget."""
+    eps: float
+    step_size: float
+    steps: int
+
+
+class Method:
+    """Base class.  Subclasses set ``name``, ``params`` (defaults, under the paper's names),
+    ``teachers`` (min, max) and implement ``perturb`` and ``loss``."""
+
+    name: ClassVar[str] = ""
+    params: ClassVar[Dict[str, Any]] = {}
+    teachers: ClassVar[Tuple[int, Optional[int]]] = (0, 0)
+    step_ratio: ClassVar[float] = 0.25  # default step size = ratio * eps
+    steps: ClassVar[int] = 10
+    select_metric: ClassVar[str] = "pgd"  # checkpoint selection metric for this method
+
+    def __init__(self, params: Dict[str, Any], attack: AttackConfig, teachers: List[nn.Module], num_classes: int):
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise KdbenchError(f"method {self.name!r}: unknown parameter(s) {sorted(unknown)}; "
+                               f"known: {sorted(self.params)}")
+        self.p = {**self.params, **params}
+        self.attack = attack
+        self.teacher_models = teachers
+        self.num_classes = num_classes
+        lo, hi = self.teachers
+        if len(teachers) < lo or (hi is not None and len(teachers) > hi):
+            want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any number of'}"
+            raise KdbenchError(f"method {self.name!r} takes {want} teacher(s), got {len(teachers)}")
+
+    # --- hooks ------------------------------------------------------------------------
+    def perturb(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+        """Inner maximisation.  ``student`` is the bare module (not the DDP wrapper)."""
+        return None
+
+    def loss(self, student: nn.Module, x: torch.Tensor, x_adv: Optional[torch.Tensor], y: torch.Tensor
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Outer loss; returns (loss, logits used for the running training accuracy)."""
+        raise NotImplementedError
+
+    # --- optional state (adaptive weights and the like), saved with the checkpoint -------
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+
+def get_method(name: str):
+    return METHODS.get(name)
+
+
+from . import natural, pgd_at, trades  # noqa: E402,F401  (registration)

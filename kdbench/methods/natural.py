@@ -1,0 +1,13 @@
+"""Standard (natural) training: mean CE on clean inputs."""
+from .. import losses
+from . import METHODS, Method
+
+
+@METHODS.register("natural", "standard")
+class Natural(Method):
+    name = "natural"
+    select_metric = "clean"
+
+    def loss(self, student, x, x_adv, y):
+        logits = student(x)
+        return losses.natural_loss(s_nat=logits, y=y), logits

@@ -1,0 +1,51 @@
+"""A tiny name -> factory registry, shared by datasets, models, methods and attacks.
+
+Usage (the way timm registers models)::
+
+    MODELS = Registry("model")
+
+    @MODELS.register("smallcnn")
+    def smallcnn(num_classes, in_channels, input_size): ...
+
+    MODELS.get("smallcnn")  # -> the factory, or a KdbenchError listing the known names
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterator, TypeVar
+
+from .errors import KdbenchError
+
+T = TypeVar("T")
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, Callable] = {}
+
+    def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            for key in (name, *aliases):
+                key = key.lower()
+                if key in self._items:
+                    raise ValueError(f"{self.kind} {key!r} registered twice")
+                self._items[key] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str):
+        try:
+            return self._items[name.lower()]
+        except KeyError:
+            known = ", ".join(sorted(self._items))
+            raise KdbenchError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def names(self) -> list:
+        return sorted(self._items)

@@ -1,0 +1,308 @@
+"""The one training loop every method runs through.
+
+Per batch: ``x' = method.perturb(student, x, y)`` (inner maximisation, student unwrapped),
+then ``loss = method.loss(student, x, x', y)`` with the student in train mode, one optimizer
+step.  Per epoch: evaluation on a fixed test subset (clean and PGD accuracy), best/last
+checkpoints, metrics history, and an atomic resume point holding weights, optimizer, method
+state and every RNG state -- so ``--resume`` after a kill at any moment reaches exactly the
+weights of an uninterrupted run (on CPU; CUDA kernels may be non-deterministic).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import __version__
+from ..attacks.pgd import mode, pgd
+from ..config import DATASET_DEFAULTS, TrainConfig, config_from_dict, merge
+from ..data import Dataset, epoch_generator, get_dataset, iterate, shard_indices
+from ..device import resolve_device
+from ..errors import KdbenchError
+from ..methods import AttackConfig, get_method
+from ..models import build_model, load_model, unwrap
+from ..weights import atomic_write, save_weights
+from . import distributed as ddist
+from . import rundir
+
+
+def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """Fill dataset- and method-dependent defaults (model, epochs, eps, step size, milestones)."""
+    defaults = DATASET_DEFAULTS.get(dataset.info.name, {"model": "smallcnn", "epochs": 10})
+    over = {}
+    if cfg.model is None:
+        over["model"] = defaults["model"]
+    if cfg.epochs is None:
+        over["epochs"] = defaults["epochs"]
+        for k, v in defaults.items():
+            if "." in k:
+                over[k] = v
+    cfg = merge(cfg, over)
+    method_cls = get_method(cfg.method)
+    eps = cfg.attack.eps if cfg.attack.eps is not None else dataset.info.eps
+    steps = cfg.attack.steps if cfg.attack.steps is not None else method_cls.steps
+    step = cfg.attack.step_size if cfg.attack.step_size is not None else method_cls.step_ratio * eps
+    ms = cfg.schedule.milestones
+    if ms is None and cfg.schedule.name == "multistep":
+        ms = [int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)]
+    cfg = merge(cfg, {"attack.eps": float(eps), "attack.steps": int(steps), "attack.step_size": float(step),
+                      "schedule.milestones": ms,
+                      "eval.select": cfg.eval.select or method_cls.select_metric})
+    if cfg.epochs <= 0 or cfg.batch_size <= 0:
+        raise KdbenchError("epochs and batch_size must be positive")
+    if eps <= 0:
+        raise KdbenchError(f"eps must be positive, got {eps}")
+    return cfg
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for a 0-based epoch (a pure function: nothing to restore on resume)."""
+    base, s = cfg.optimizer.lr, cfg.schedule
+    if s.name == "constant":
+        return base
+    if s.name == "multistep":
+        return base * s.gamma ** sum(epoch >= m for m in (s.milestones or []))
+    if s.name == "cosine":
+        return 0.5 * base * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    raise KdbenchError(f"unknown schedule {s.name!r}; use multistep, cosine or constant")
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    raise KdbenchError(f"unknown optimizer {o.name!r}; use sgd or adam")
+
+
+def load_teachers(specs: List[str], dataset: Dataset, device, data_dir=None) -> List[nn.Module]:
+    teachers = []
+    info = dataset.info
+    probe = dataset.test.images(torch.arange(min(2, len(dataset.test)))).to(device)
+    for spec in specs:
+        lm = load_model(spec, info.num_classes, info.in_channels, info.input_size)
+        t = lm.model.to(device).eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            try:
+                out = t(probe)
+            except Exception as e:
+                raise KdbenchError(f"teacher {spec!r} fails on {info.name} inputs "
+                                   f"{tuple(probe.shape[1:])}: {type(e).__name__}: {str(e)[:120]}") from None
+        if out.dim() != 2 or out.shape[1] != info.num_classes:
+            raise KdbenchError(f"teacher {spec!r} outputs {out.shape[-1]} classes but {info.name} has "
+                               f"{info.num_classes}")
+        teachers.append(t)
+    return teachers
+
+
+def monitor(model: nn.Module, dataset: Dataset, idx: torch.Tensor, eps: float, steps: int, batch_size: int,
+            device, dist_info) -> Dict[str, float]:
+    """Clean and PGD-``steps`` accuracy (CE, step 2.5 eps / steps, uniform start) on ``idx``:
+    the training-time monitor used for checkpoint selection.  Reported numbers come from
+    ``kdbench evaluate``."""
+    shard = idx[dist_info.rank::dist_info.world] if dist_info.enabled else idx
+    correct = robust = 0
+    with torch.random.fork_rng(devices=[]), mode(model, train=False):
+        torch.manual_seed(12345)
+        for x, y in iterate(dataset.test, batch_size, device, indices=shard):
+            with torch.no_grad():
+                correct += (model(x).argmax(1) == y).sum().item()
+            xa = pgd(x, lambda xa: F.cross_entropy(model(xa), y, reduction="sum"), eps, 2.5 * eps / steps, steps)
+            with torch.no_grad():
+                robust += (model(xa).argmax(1) == y).sum().item()
+    correct, robust, n = ddist.all_sum([correct, robust, len(shard)], dist_info, device)
+    return {"clean_acc": correct / max(n, 1), "pgd_acc": robust / max(n, 1)}
+
+
+class _PassCounter:
+    """Counts images through a module's forward (training cost accounting)."""
+
+    def __init__(self, modules):
+        self.n = 0
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in modules]
+
+    def _hook(self, module, inputs):
+        if inputs and torch.is_tensor(inputs[0]):
+            self.n += inputs[0].shape[0]
+
+    def take(self) -> int:
+        n, self.n = self.n, 0
+        return n
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise KdbenchError(f"--out {out} is not writable ({e.strerror or type(e).__name__})") from None
+
+
+def _rng_state() -> dict:
+    s = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) -> List[dict]:
+    """Train ``cfg.method`` into run directory ``out``; returns the metrics history."""
+    out = Path(out)
+    state_path = out / rundir.STATE
+    if resume:
+        if not (out / rundir.CONFIG).is_file():
+            raise KdbenchError(f"--resume: {out} has no {rundir.CONFIG}; nothing to resume")
+        saved = rundir.read_run_config(out)
+        cfg = merge(config_from_dict(saved),
+                    {"epochs": cfg.epochs if cfg.epochs and cfg.epochs > saved["epochs"] else None,
+                     "device": cfg.device if cfg.device != "auto" else None})
+    elif state_path.exists():
+        raise KdbenchError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    probe_dev = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    dinfo = ddist.init_distributed(probe_dev)
+    device = resolve_device(cfg.device, dinfo.local_rank)
+    if dinfo.main:
+        _check_writable(out)
+    dataset = get_dataset(cfg.dataset, cfg.data_dir)
+    train_set = dataset.require_train()
+    cfg = resolve_config(cfg, dataset)
+    if cfg.train_subset:
+        idx, _ = dataset.eval_indices(cfg.train_subset, seed=cfg.seed, split="train")
+        train_set = train_set.subset(idx)
+    cuda = device.type == "cuda"
+    amp = cfg.amp if cfg.amp is not None else cuda
+    channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+    amp_dtype = torch.bfloat16 if (cuda and torch.cuda.is_bf16_supported()) else torch.float16
+
+    torch.manual_seed(cfg.seed + dinfo.rank)
+    info = dataset.info
+    teachers = load_teachers(cfg.teachers, dataset, device)
+    student = build_model(cfg.model, info.num_classes, info.in_channels, info.input_size, **cfg.model_kwargs)
+    student = student.to(device)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    attack = AttackConfig(cfg.attack.eps, cfg.attack.step_size, cfg.attack.steps)
+    method = get_method(cfg.method)(dict(cfg.method_params), attack, teachers, info.num_classes)
+    optimizer = make_optimizer(cfg, student.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    wrapped = student
+    if dinfo.enabled:
+        wrapped = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
+
+    resolved = {"kdbench_version": __version__, **cfg.to_dict(), "dataset_info": info.to_dict(),
+                "resolved": {"amp": amp, "amp_dtype": str(amp_dtype).replace("torch.", "") if amp else None,
+                             "channels_last": channels_last, "world_size": dinfo.world, "device": str(device),
+                             "train_size": len(train_set)}}
+    history: List[dict] = []
+    start_epoch, best = 0, -1.0
+    if resume and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        student.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        if st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        method.load_state_dict(st.get("method", {}))
+        start_epoch, best, history = st["epoch"] + 1, st["best"], list(st["history"])
+        _set_rng_state(st["rng"][dinfo.rank] if dinfo.rank < len(st["rng"]) else st["rng"][0])
+    if dinfo.main:
+        rundir.write_config(out, resolved)
+
+    eval_idx, _ = dataset.eval_indices(cfg.eval.n, seed=0)
+    counter_s = _PassCounter([student])
+    counter_t = _PassCounter(teachers)
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else nullcontext
+    show = progress and dinfo.main
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   disable=not show, transient=False)
+    n_batches = math.ceil(math.ceil(len(train_set) / dinfo.world) / cfg.batch_size)
+    try:
+        with bar:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.time()
+                lr = lr_at(cfg, epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                method.begin_epoch(epoch, cfg.epochs)
+                gen = epoch_generator(cfg.seed, epoch)
+                order = shard_indices(len(train_set), gen, dinfo.rank, dinfo.world)
+                task = bar.add_task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", total=n_batches, stats="")
+                loss_sum = correct = seen = 0.0
+                for x, y in iterate(train_set, cfg.batch_size, device, indices=order, augment=info.augment,
+                                    generator=gen):
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with autocast():
+                        x_adv = method.perturb(student, x, y)
+                    student.train()
+                    with autocast():
+                        loss, logits = method.loss(wrapped, x, x_adv, y)
+                    if not torch.isfinite(loss):
+                        raise KdbenchError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning "
+                                           f"rate (the last good checkpoint is kept in {out})")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += loss.item() * len(y)
+                    correct += (logits.argmax(1) == y).sum().item()
+                    seen += len(y)
+                    bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+                loss_sum, correct, seen = ddist.all_sum([loss_sum, correct, seen], dinfo, device)
+                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                       "student_forward_images": counter_s.take(), "teacher_forward_images": counter_t.take()}
+                if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+                    rec.update(monitor(student, dataset, eval_idx, cfg.attack.eps, cfg.eval.pgd_steps,
+                                       cfg.eval.batch_size, device, dinfo))
+                rec["seconds"] = time.time() - t0
+                history.append(rec)
+                metric = rec.get(f"{cfg.eval.select}_acc")
+                improved = metric is not None and metric > best
+                if improved:
+                    best = metric
+                rngs = ddist.gather_objects(_rng_state(), dinfo)
+                if dinfo.main:
+                    meta = {"epoch": str(epoch + 1), "method": cfg.method, "kdbench": __version__}
+                    save_weights(student, out / rundir.LAST, meta)
+                    if improved:
+                        save_weights(student, out / rundir.BEST, {**meta, "select": cfg.eval.select})
+                    state = {"epoch": epoch, "best": best, "history": history,
+                             "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                             "method": method.state_dict(), "rng": rngs}
+                    rundir.write_metrics(out, history)
+                    atomic_write(state_path, lambda p: torch.save(state, p))
+                ddist.barrier(dinfo)
+                if show:
+                    ev = f" clean {rec['clean_acc']:.3f} pgd {rec['pgd_acc']:.3f}" if "clean_acc" in rec else ""
+                    bar.console.print(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} "
+                                      f"train acc {rec['train_acc']:.3f}{ev} ({rec['seconds']:.1f}s)")
+    finally:
+        for h in counter_s.handles + counter_t.handles:
+            h.remove()
+        ddist.cleanup(dinfo)
+    return history
+
