@@ -126,7 +126,7 @@ def _missing(name: str, path: Path, url: Optional[str], err: str = "") -> Kdbenc
     return KdbenchError(f"{name}: data not found ({where}{how}){': ' + err if err else ''}")
 
 
-def _download(name: str, url: str, dest: Path) -> None:
+def _download(name: str, url: str, dest: Path, expected: Optional[Path] = None) -> None:
     """Fetch ``url`` to ``dest`` atomically; a clear error naming path and URL when offline."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
@@ -137,7 +137,7 @@ def _download(name: str, url: str, dest: Path) -> None:
         os.replace(tmp, dest)
     except Exception as e:  # network errors of every kind
         tmp.unlink(missing_ok=True)
-        raise _missing(name, dest, url, f"download failed ({type(e).__name__})") from None
+        raise _missing(name, expected or dest, url, f"download failed ({type(e).__name__})") from None
 
 
 def _find(dirs, names) -> Optional[Path]:
@@ -244,7 +244,7 @@ def _cifar(name, data_dir, download, classes) -> Dataset:
         if not download:
             raise _missing(name, py_dir, url)
         archive = root / url.rsplit("/", 1)[1]
-        _download(name, url, archive)
+        _download(name, url, archive, expected=py_dir)
         import tarfile
 
         with tarfile.open(archive) as tar:
@@ -324,7 +324,7 @@ def tiny_imagenet(data_dir=None, download=True) -> Dataset:
         if not download:
             raise _missing("tiny-imagenet", root / "tiny-imagenet-200", url)
         archive = root / "tiny-imagenet-200.zip"
-        _download("tiny-imagenet", url, archive)
+        _download("tiny-imagenet", url, archive, expected=root / "tiny-imagenet-200")
         import zipfile
 
         with zipfile.ZipFile(archive) as z:

@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("KDBENCH_DATA_DIR", str(ROOT / ".pytest_cache" / "no-data"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_cli(*args, timeout=600, env=None):
+    """Run ``python -m kdbench ARGS``; returns the CompletedProcess (text)."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kdbench", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=e, cwd=str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from kdbench.data import get_dataset
+
+    return get_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory):
+    """A PGD-AT teacher on digits, trained once per test session (a few seconds)."""
+    from kdbench.config import TrainConfig
+    from kdbench.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    train(TrainConfig(method="pgd-at", dataset="digits", epochs=3), out, progress=False)
+    return out
