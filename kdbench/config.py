@@ -40,7 +40,7 @@ class AttackSpec:
 
 @dataclass
 class EvalConfig:
-    every: int = 1  # epochs between evaluations
+    every: int = 1  # epochs between evaluations (0: never)
     n: int = 500  # test points (a seeded subset)
     pgd_steps: int = 20
     select: Optional[str] = None  # "clean" or "pgd"; None -> the method's choice

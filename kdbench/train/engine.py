@@ -274,7 +274,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                 loss_sum, correct, seen = ddist.all_sum([loss_sum, correct, seen], dinfo, device)
                 rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                        "student_forward_images": counter_s.take(), "teacher_forward_images": counter_t.take()}
-                if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+                if cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
                     rec.update(monitor(student, dataset, eval_idx, cfg.attack.eps, cfg.eval.pgd_steps,
                                        cfg.eval.batch_size, device, dinfo))
                 rec["seconds"] = time.time() - t0

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up kdbench in ./.venv on a fresh CPU machine (idempotent).
+#  1. Debian's Fashion-MNIST package (the offline dataset the tests and leaderboards read), when root;
+#  2. torch==2.13.0 FIRST: pip takes the local CPU wheel; installing anything that depends on
+#     torch before it would pull a newer torch with gigabytes of CUDA packages;
+#  3. kdbench with its [test] extra, pinned by .ci/constraints.txt (a known-good resolution:
+#     torchattacks 3.5.1 pins requests~=2.25.1, which otherwise makes pip backtrack for minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist); its tests will fail" >&2
+  fi
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[test]"
+echo "kdbench installed in .venv ($(.venv/bin/kdbench --version))"
