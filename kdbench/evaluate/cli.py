@@ -1,0 +1,117 @@
+"""``kdbench evaluate``: the CLI over :func:`kdbench.evaluate.evaluate`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import KdbenchError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_WEIGHTS = ASSETS / "digits-smallcnn-pgdat.safetensors"
+DEFAULT_MODEL, DEFAULT_DATASET = "smallcnn", "digits"
+
+
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="evaluate a model's robustness (no arguments: the embedded default)",
+                       description="Clean and robust accuracy under library attacks, with intervals and "
+                                   "provenance.  With no arguments: kdbench's embedded PGD-AT digits model.")
+    p.add_argument("--model", help="run dir, ARCH (with --weights), file.py:factory, module:factory, "
+                                   "robustbench:NAME")
+    p.add_argument("--weights", help="weights file (.safetensors, or a plain state_dict .pt)")
+    p.add_argument("--dataset", help="dataset name, npz:PATH or folder:PATH (default: the run's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--n", type=int, help="evaluate a seeded subset of N test points")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--attacks", help="comma-separated attack specs NAME[@BACKEND][:k=v;...] (use ';' between "
+                                     "parameters inside a list)")
+    g.add_argument("--suite", help="quick, standard or paper (default quick)")
+    p.add_argument("--eps", type=float, help="budget (default: the dataset's)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--chunk-size", type=int, default=1024, help="points per resume/shard unit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cascade", action="store_true", help="attack only points still robust (same worst case)")
+    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--db", default="kdbench.db", help="SQLite results store (default ./kdbench.db; '' for none)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from --db")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def split_attacks(text: str):
+    """``pgd:steps=20;step_size=0.01,fgsm`` -> ['pgd:steps=20,step_size=0.01', 'fgsm']."""
+    return [a.strip().replace(";", ",") for a in text.split(",") if a.strip()]
+
+
+def cmd_evaluate(args) -> int:
+    from ..data import get_dataset
+    from ..models import is_run_dir, load_model
+    from ..train.rundir import read_run_config
+    from .core import evaluate
+    from .store import ResultStore
+
+    model_spec, weights, dataset = args.model, args.weights, args.dataset
+    if model_spec is None:
+        if weights:
+            raise KdbenchError("--weights needs --model ARCH")
+        model_spec, weights = DEFAULT_MODEL, str(DEFAULT_WEIGHTS)
+        dataset = dataset or DEFAULT_DATASET
+    if dataset is None and is_run_dir(model_spec):
+        dataset = read_run_config(model_spec)["dataset"]
+    if dataset is None:
+        raise KdbenchError("--dataset is required for this model")
+    if args.eps is not None and not args.eps > 0:
+        raise KdbenchError(f"--eps must be positive, got {args.eps}")
+    if args.batch_size <= 0:
+        raise KdbenchError(f"--batch-size must be positive, got {args.batch_size}")
+    ds = get_dataset(dataset, args.data_dir)
+    info = ds.info
+    lm = load_model(model_spec, info.num_classes, info.in_channels, info.input_size, weights=weights)
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.exists():
+        raise KdbenchError(f"--out directory does not exist: {out.parent}")
+    store = ResultStore(args.db) if args.db else None
+    attacks = split_attacks(args.attacks) if args.attacks else None
+    res = evaluate(lm.model, dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
+                   batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
+                   chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
+                   provenance={"model": lm.provenance()})
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    if out is not None:
+        res.save(out)
+    print_table(res.to_dict())
+    return 0
+
+
+def print_table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    prov = r["provenance"]
+    t = Table(title=f"{prov.get('model', {}).get('spec')} on {prov['dataset']['name']} "
+                    f"(n={r['n']}, {r['config']['norm']} eps={r['config']['eps']:.4g})")
+    for col in ("attack", "backend", "robust acc", "95% CI", "W-Robust", "worst class", "F / B passes", "time"):
+        t.add_column(col, justify="left" if col in ("attack", "backend") else "right")
+    lo, hi = r["clean_ci95"]
+    t.add_row("clean", "-", f"{r['clean_accuracy']:.2%}", f"[{lo:.1%}, {hi:.1%}]", "", "", "", "")
+    for name, a in r["attacks"].items():
+        lo, hi = a["ci95"]
+        wc = a["worst_class"]
+        t.add_row(name, a["backend"], f"{a['robust_accuracy']:.2%}", f"[{lo:.1%}, {hi:.1%}]",
+                  f"{a['w_robust']:.2%}", f"{wc['class']}: {wc['robust_accuracy']:.1%}",
+                  f"{a['passes']['forward']:,} / {a['passes']['backward']:,}", f"{a['seconds']:.1f}s")
+    w = r["worst_case"]
+    lo, hi = w["ci95"]
+    t.add_row("[bold]worst case[/bold]", "per-sample AND", f"[bold]{w['robust_accuracy']:.2%}[/bold]",
+              f"[{lo:.1%}, {hi:.1%}]", f"{w['w_robust']:.2%}",
+              f"{w['worst_class']['class']}: {w['worst_class']['robust_accuracy']:.1%}", "", "")
+    c = Console(width=max(Console().width, 132))
+    c.print(t)
+    flags = r.get("validity", {}).get("flags", [])
+    c.print("validity flags: " + (", ".join(f["name"] for f in flags) if flags else "none"))
+    if "store_id" in r:
+        c.print(f"stored as result #{r['store_id']}")

@@ -1,0 +1,314 @@
+"""``kdbench.evaluate``: clean accuracy, then every attack on every clean-correct point (or,
+with ``cascade``, on the points still robust), re-checked by kdbench, with Wilson intervals,
+W-Robust, per-class figures, pass counts, timing and provenance.
+
+Points are processed in *chunks* (``chunk_size`` points, default 1024): the unit of seeding,
+resuming and sharding.  Chunk ``k`` is attacked with the torch RNG seeded from
+``(seed, k)`` and handed to pyautoattack whole (it batches internally with ``batch_size``),
+so a chunk's outcome does not depend on which process ran it: under ``torchrun`` chunks are
+dealt round-robin to ranks and the gathered per-sample results equal a single process's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..data import Dataset, get_dataset, index_hash
+from ..device import resolve_device
+from ..errors import KdbenchError
+from ..train import distributed as ddist
+from . import metrics
+from .attacks import Attack, build_attack, suite as suite_specs, within_budget
+
+SCHEMA_VERSION = 1
+
+
+class CountingModel(nn.Module):
+    """Wraps a model, counting images through forward and backward passes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forward_images = 0
+        self.backward_images = 0
+
+    def forward(self, x):
+        out = self.model(x)
+        n = x.shape[0]
+        self.forward_images += n
+        if out.requires_grad:
+            def hook(grad, n=n):
+                self.backward_images += n
+            out.register_hook(hook)
+        return out
+
+
+@dataclass
+class EvalResult:
+    data: dict
+
+    def to_dict(self) -> dict:
+        return self.data
+
+    def __getitem__(self, k):
+        return self.data[k]
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.data["clean_accuracy"]
+
+    def robust_accuracy(self, attack: Optional[str] = None) -> float:
+        if attack is None:
+            return self.data["worst_case"]["robust_accuracy"]
+        return self.data["attacks"][attack]["robust_accuracy"]
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.data, indent=1))
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "torchattacks", "adversarial-robustness-toolbox", "pyautoattack", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def validate_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.is_tensor(x) or not torch.is_tensor(y):
+        raise KdbenchError("x and y must be tensors")
+    if x.dim() != 4:
+        raise KdbenchError(f"images must be 4-d NCHW, got shape {tuple(x.shape)}")
+    if y.dim() != 1 or len(y) != len(x):
+        raise KdbenchError(f"labels must be 1-d with one per image, got {tuple(y.shape)} for {len(x)} images")
+    if len(x) == 0:
+        raise KdbenchError("no images to evaluate")
+    if not torch.isfinite(x).all():
+        raise KdbenchError("images contain NaN or infinite values")
+    if x.min() < 0 or x.max() > 1:
+        raise KdbenchError(f"image values must lie in [0, 1] (normalise inside the model), found "
+                           f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise KdbenchError(f"labels must be integers, got {y.dtype}")
+
+
+def _data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256(x.detach().cpu().float().numpy().tobytes())
+    h.update(y.detach().cpu().to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None, *,
+             dataset: Union[None, str, Dataset] = None, n: Optional[int] = None,
+             attacks: Optional[Sequence[str]] = None, suite: Optional[str] = None, eps: Optional[float] = None,
+             norm: str = "Linf", batch_size: int = 256, device: str = "auto", seed: int = 0, cascade: bool = False,
+             chunk_size: int = 1024, store=None, resume: bool = False, progress: bool = False,
+             provenance: Optional[dict] = None) -> EvalResult:
+    """Evaluate ``model`` on ``(x, y)`` (float in [0, 1], NCHW) or on ``dataset``'s test split
+    (a seeded subset of ``n`` points).  See docs/results.md for the result schema."""
+    t_start = datetime.now(timezone.utc)
+    if batch_size is None or batch_size <= 0:
+        raise KdbenchError(f"batch size must be positive, got {batch_size}")
+    if chunk_size <= 0:
+        raise KdbenchError(f"chunk size must be positive, got {chunk_size}")
+    if norm not in ("Linf", "L2"):
+        raise KdbenchError(f"norm must be Linf or L2, got {norm!r}")
+    data_prov: dict = {}
+    if dataset is not None:
+        ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
+        idx, h = ds.eval_indices(n, seed=0)
+        x, y = ds.test.images(idx), ds.test.y[idx]
+        data_prov = {"name": ds.info.name, "split": "test", "n": len(idx), "subset_seed": 0, "subset_hash": h}
+        eps = ds.info.eps if eps is None else eps
+    elif x is None or y is None:
+        raise KdbenchError("give x and y, or a dataset")
+    validate_inputs(x, y)
+    y = y.to(torch.int64)
+    if not data_prov:
+        data_prov = {"name": "tensors", "n": len(y), "data_hash": _data_hash(x, y)}
+    if eps is None or not eps > 0:
+        raise KdbenchError(f"eps must be positive, got {eps}")
+    specs = list(attacks) if attacks else suite_specs(suite or "quick")
+    if len(set(specs)) != len(specs):
+        raise KdbenchError(f"attack listed twice in {specs}")
+
+    dinfo = ddist.init_distributed("cuda" if str(device).startswith("cuda") else "cpu")
+    dev = resolve_device(device, dinfo.local_rank)
+    model = model.to(dev).eval()
+    counted = CountingModel(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        try:
+            probe = model(x[:2].to(dev))
+        except Exception as e:
+            raise KdbenchError(f"the model fails on inputs of shape {tuple(x.shape[1:])}: "
+                               f"{type(e).__name__}: {str(e)[:160]}") from None
+    if probe.dim() != 2:
+        raise KdbenchError(f"the model must return logits of shape (batch, classes), got {tuple(probe.shape)}")
+    num_classes = probe.shape[1]
+    if int(y.max()) >= num_classes or int(y.min()) < 0:
+        raise KdbenchError(f"labels range over [{int(y.min())}, {int(y.max())}] but the model has "
+                           f"{num_classes} outputs")
+    built: List[Attack] = [build_attack(s, eps, norm, seed, num_classes) for s in specs]
+    for a in built:
+        if a.library_batches:
+            a.run.batch_size = batch_size
+
+    key_src = {"model": (provenance or {}).get("model"), "data": data_prov, "attacks": [(a.key, a.params)
+               for a in built], "eps": eps, "norm": norm, "seed": seed, "cascade": cascade,
+               "chunk_size": chunk_size, "batch_size": batch_size}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    if store is not None and not resume and dinfo.main:
+        store.clear_partial(key)
+    ddist.barrier(dinfo)
+
+    # clean predictions
+    correct = torch.zeros(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        for s in range(0, len(y), batch_size):
+            xb = x[s:s + batch_size].to(dev)
+            correct[s:s + batch_size] = (model(xb).argmax(1).cpu() == y[s:s + batch_size])
+    n_total = len(y)
+    chunks = [(k, torch.arange(s, min(s + chunk_size, n_total))) for k, s in enumerate(range(0, n_total,
+                                                                                             chunk_size))]
+    mine = [c for c in chunks if c[0] % dinfo.world == dinfo.rank]
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), disable=not (progress and dinfo.main), transient=True)
+    still = correct.clone()  # robust under every attack so far (for the cascade and the worst case)
+    per_attack: Dict[str, dict] = {}
+    with bar:
+        for a in built:
+            robust = correct.clone()
+            fwd0, bwd0 = counted.forward_images, counted.backward_images
+            stored_f = stored_b = 0
+            t0 = time.time()
+            stored_seconds = 0.0
+            task = bar.add_task(f"{a.key} ({a.backend})", total=sum(len(i) for _, i in mine))
+            for k, idx in mine:
+                part = store.get_partial(key, a.key, k) if (store is not None and resume) else None
+                if part is not None:
+                    robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
+                    stored_f += part["forward"]
+                    stored_b += part["backward"]
+                    stored_seconds += part["seconds"]
+                    bar.advance(task, len(idx))
+                    continue
+                c_t0, c_f0, c_b0 = time.time(), counted.forward_images, counted.backward_images
+                target = idx[(still if cascade else correct)[idx]]
+                broken = _attack_chunk(a, counted, model, x, y, target, dev, batch_size,
+                                       seed * 1_000_003 + k, lambda m: bar.advance(task, m))
+                robust[idx] = correct[idx]
+                robust[target[broken]] = False
+                if cascade:
+                    robust[idx] &= still[idx]
+                bar.advance(task, len(idx) - len(target))
+                if store is not None:
+                    store.put_partial(key, a.key, k, robust[idx].tolist(), counted.forward_images - c_f0,
+                                      counted.backward_images - c_b0, time.time() - c_t0)
+            if dinfo.enabled:
+                robust = _gather_flags(robust, mine, dinfo, chunk_size)
+            still &= robust
+            fwd, bwd = ddist.all_sum([counted.forward_images - fwd0 + stored_f,
+                                      counted.backward_images - bwd0 + stored_b], dinfo, dev)
+            per_attack[a.key] = {"flags": robust, "backend": a.backend, "params": a.params, "name": a.name,
+                                 "seconds": time.time() - t0 + stored_seconds,
+                                 "passes": {"forward": int(fwd), "backward": int(bwd)}}
+            bar.remove_task(task)
+    correct_list = correct.tolist()
+    labels = y.tolist()
+    clean = sum(correct_list) / n_total
+    res = {"schema_version": SCHEMA_VERSION, "clean_accuracy": clean,
+           "clean_ci95": list(metrics.wilson(sum(correct_list), n_total)), "n": n_total, "attacks": {},
+           "config": {"eps": eps, "norm": norm, "attacks": specs, "cascade": cascade, "batch_size": batch_size,
+                      "chunk_size": chunk_size, "seed": seed, "num_classes": num_classes},
+           "per_sample": {"labels": labels, "correct_clean": correct_list, "robust": {}},
+           "validity": {"flags": []}}
+    for name, pa in per_attack.items():
+        flags = pa["flags"].tolist()
+        s = metrics.summary(flags, labels, num_classes, clean)
+        if cascade:
+            s["note"] = "cascade: attacked only points robust to the earlier attacks (cumulative)"
+        res["attacks"][name] = {**s, "backend": pa["backend"], "params": pa["params"], "seconds": pa["seconds"],
+                                "passes": pa["passes"]}
+        res["per_sample"]["robust"][name] = flags
+    worst = still.tolist()
+    ws = metrics.summary(worst, labels, num_classes, clean)
+    res["worst_case"] = {"robust_accuracy": ws["robust_accuracy"], "ci95": ws["ci95"], "w_robust": ws["w_robust"],
+                         "worst_class": ws["worst_class"], "attacks": specs}
+    res["provenance"] = {"kdbench_version": __version__, "git_commit": _git_commit(), "libraries": _versions(),
+                         "device": str(dev), "dtype": str(x.dtype).replace("torch.", ""), "seed": seed,
+                         "dataset": data_prov, "world_size": dinfo.world, **(provenance or {}),
+                         "start_time": t_start.isoformat(), "end_time": datetime.now(timezone.utc).isoformat(),
+                         "key": key}
+    result = EvalResult(res)
+    if store is not None and dinfo.main:
+        res["store_id"] = store.finish(key, res)
+    return result
+
+
+def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_seed, advance) -> torch.Tensor:
+    """Run one attack on the points ``target`` of a chunk; return which of them it broke
+    (after kdbench's own re-check: misclassified, inside [0, 1] and inside the budget)."""
+    broken = torch.zeros(len(target), dtype=torch.bool)
+    if len(target) == 0:
+        return broken
+    torch.manual_seed(rng_seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(rng_seed)
+    step = len(target) if a.library_batches else batch_size
+    for s in range(0, len(target), step):
+        sel = target[s:s + step]
+        xb, yb = x[sel].to(dev), y[sel].to(dev)
+        try:
+            xa = a.run(counted, xb, yb)
+        except KdbenchError:
+            raise
+        except Exception as e:
+            raise KdbenchError(f"attack {a.key} ({a.backend}) failed: {type(e).__name__}: {str(e)[:200]}") from None
+        xa = xa.detach().to(dev, xb.dtype)
+        with torch.no_grad():
+            pred = model(xa).argmax(1)
+        ok = (pred != yb) & within_budget(xa - xb, a.norm, a.eps) & (xa.flatten(1).min(1).values >= 0) \
+            & (xa.flatten(1).max(1).values <= 1)
+        broken[s:s + step] = ok.cpu()
+        advance(len(sel))
+    return broken
+
+
+def _gather_flags(robust: torch.Tensor, mine, dinfo, chunk_size: int) -> torch.Tensor:
+    """Every rank's chunk outcomes, assembled in point order on every rank."""
+    parts = ddist.gather_objects({k: robust[idx].tolist() for k, idx in mine}, dinfo)
+    out = robust.clone()
+    for d in parts:
+        for k, flags in d.items():
+            out[k * chunk_size:k * chunk_size + len(flags)] = torch.tensor(flags, dtype=torch.bool)
+    return out

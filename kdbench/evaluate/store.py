@@ -1,0 +1,82 @@
+"""The SQLite results store (``--db``, default ``./kdbench.db``).
+
+``results`` holds one row per finished evaluation, written with the scratch rows it
+supersedes deleted in the same transaction: an interrupted or failed run never leaves a
+partial result and never alters earlier rows.  ``partial`` holds per-chunk attack outcomes
+of runs in progress, keyed by the evaluation's configuration hash, so ``--resume`` continues
+where a run stopped.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import KdbenchError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    created TEXT NOT NULL,
+    model TEXT, weights_sha256 TEXT, dataset TEXT, norm TEXT, eps REAL, n INTEGER,
+    clean_accuracy REAL, worst_case REAL,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partial (
+    key TEXT NOT NULL, attack TEXT NOT NULL, chunk INTEGER NOT NULL,
+    robust TEXT NOT NULL, forward INTEGER, backward INTEGER, seconds REAL,
+    PRIMARY KEY (key, attack, chunk)
+);
+"""
+
+
+class ResultStore:
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), timeout=60)
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise KdbenchError(f"results store {self.path}: {e}") from None
+        except OSError as e:
+            raise KdbenchError(f"results store {self.path}: {e.strerror}") from None
+
+    def get_partial(self, key: str, attack: str, chunk: int) -> Optional[dict]:
+        row = self.db.execute("SELECT robust, forward, backward, seconds FROM partial WHERE key=? AND attack=? "
+                              "AND chunk=?", (key, attack, chunk)).fetchone()
+        if row is None:
+            return None
+        return {"robust": json.loads(row[0]), "forward": row[1], "backward": row[2], "seconds": row[3]}
+
+    def put_partial(self, key: str, attack: str, chunk: int, robust: List[bool], forward: int, backward: int,
+                    seconds: float) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO partial VALUES (?,?,?,?,?,?,?)",
+                            (key, attack, chunk, json.dumps([bool(r) for r in robust]), forward, backward, seconds))
+
+    def clear_partial(self, key: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM partial WHERE key=?", (key,))
+
+    def finish(self, key: str, result: dict) -> int:
+        prov = result.get("provenance", {})
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO results (key, created, model, weights_sha256, dataset, norm, eps, n, clean_accuracy, "
+                "worst_case, json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (key, datetime.now(timezone.utc).isoformat(), prov.get("model", {}).get("spec"),
+                 prov.get("model", {}).get("weights_sha256"), prov.get("dataset", {}).get("name"),
+                 result["config"]["norm"], result["config"]["eps"], result["n"], result["clean_accuracy"],
+                 (result.get("worst_case") or {}).get("robust_accuracy"), json.dumps(result)))
+            self.db.execute("DELETE FROM partial WHERE key=?", (key,))
+        return cur.lastrowid
+
+    def results(self) -> List[dict]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT json FROM results ORDER BY id")]
+
+    def close(self) -> None:
+        self.db.close()
