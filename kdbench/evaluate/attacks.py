@@ -98,7 +98,8 @@ def _torchattacks(cls_name: str, **params):
     return run
 
 
-def _pyautoattack(attacks: Optional[List[str]], eps, norm, seed, version="standard", num_classes=10):
+def _pyautoattack(attacks: Optional[List[str]], eps, norm, seed, version="standard", num_classes=10,
+                  n_queries: Optional[int] = None):
     def run(model, x, y):
         from pyautoattack import AutoAttack
 
@@ -108,6 +109,8 @@ def _pyautoattack(attacks: Optional[List[str]], eps, norm, seed, version="standa
         n_target = max(1, min(9, num_classes - 1))
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, n_target)
         aa.fab.n_target_classes = min(aa.fab.n_target_classes, n_target)
+        if n_queries is not None:
+            aa.square.n_queries = n_queries
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=run.batch_size)
         return x_adv
 
@@ -180,6 +183,9 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
         raise KdbenchError(f"attack {name!r} has no backend {b!r}; available: {', '.join(BACKENDS[name])}")
     if not linf and name in LINF_ONLY:
         raise KdbenchError(f"attack {name!r} is L-inf only; use --norm Linf")
+    if name in ("apgd-t", "autoattack") and num_classes < 4 and b == "autoattack":
+        raise KdbenchError(f"{name} uses the targeted DLR loss, which needs at least 4 classes (model has "
+                           f"{num_classes}); use apgd-ce, pgd or cw-linf")
     lib = False
     if name == "fgsm":
         p = _defaults(kw)
@@ -209,12 +215,12 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
     elif name in ("apgd-ce", "apgd-t", "fab", "square"):
         if b == "autoattack":
             comp = {"apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "fab": "fab-t", "square": "square"}[name]
-            p = _defaults(kw)
-            run = _pyautoattack([comp], eps, norm, seed, num_classes=num_classes)
+            p = _defaults(kw, **({"n_queries": 5000} if name == "square" else {}))
+            run = _pyautoattack([comp], eps, norm, seed, num_classes=num_classes, n_queries=p.get("n_queries"))
             lib = True
             p = {"eps": eps, "component": comp, "as_in": "AutoAttack standard", "n_iter": 100,
                  "n_restarts": 1, "n_target_classes": min(9, num_classes - 1),
-                 **({"n_queries": 5000, "p_init": 0.8} if name == "square" else {})}
+                 **({"n_queries": p["n_queries"], "p_init": 0.8} if name == "square" else {})}
         elif b == "torchattacks":
             nm = "Linf" if linf else "L2"
             if name == "apgd-ce":

@@ -20,7 +20,9 @@ def add_evaluate(sub):
     p.add_argument("--weights", help="weights file (.safetensors, or a plain state_dict .pt)")
     p.add_argument("--dataset", help="dataset name, npz:PATH or folder:PATH (default: the run's)")
     p.add_argument("--data-dir")
-    p.add_argument("--n", type=int, help="evaluate a seeded subset of N test points")
+    p.add_argument("--n", "--num-points", dest="n", type=int,
+                   help="evaluate a seeded subset of N test points (--num-points under torchrun, whose own "
+                        "parser takes --n for --nnodes)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--attacks", help="comma-separated attack specs NAME[@BACKEND][:k=v;...] (use ';' between "
                                      "parameters inside a list)")

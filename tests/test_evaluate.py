@@ -1,0 +1,224 @@
+"""kdbench evaluate: closed-form robust accuracy, backend agreement, reference AutoAttack,
+reproducibility, the results store and resume, sharding, bad input."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import ROOT, run_cli
+from kdbench.errors import KdbenchError
+from kdbench.evaluate import evaluate
+from kdbench.evaluate.cli import DEFAULT_WEIGHTS
+from kdbench.evaluate.store import ResultStore
+from kdbench.models import load_model
+
+
+class Linear2(nn.Module):
+    """Two-class linear model: logits (0, w.x + b).  Its exact L-inf robust accuracy at eps is
+    the share of correctly classified points with |w.x + b| > eps * ||w||_1 (box not binding)."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(torch.tensor(b))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+@pytest.fixture(scope="module")
+def linear_case():
+    torch.manual_seed(0)
+    d, eps = 16, 0.05
+    w = torch.randn(d)
+    x = 0.3 + 0.4 * torch.rand(400, 1, 4, 4)  # the eps-box stays inside [0, 1]
+    model = Linear2(w, 0.0)
+    z = x.flatten(1) @ w
+    margin_needed = eps * w.abs().sum()
+    keep = (z.abs() - margin_needed).abs() > 1e-3  # no ties at the boundary
+    x = x[keep][:300]
+    z = z[keep][:300]
+    y = (torch.rand(len(x)) < 0.9).long() * (z > 0).long() + (torch.rand(len(x)) >= 0.9).long() * (z <= 0).long()
+    correct = (z > 0).long() == y
+    exact = (correct & (z.abs() > margin_needed)).float().mean().item()
+    return model, x, y, eps, exact, correct.float().mean().item()
+
+
+@pytest.mark.parametrize("attacks", [["fgsm", "pgd", "cw-linf", "bim", "mifgsm"], ["apgd-ce", "pgd@art", "fgsm@art",
+                                                                                 "apgd-ce@torchattacks"]])
+def test_closed_form_linear_model(linear_case, attacks):
+    model, x, y, eps, exact, clean = linear_case
+    r = evaluate(model, x, y, attacks=attacks, eps=eps, device="cpu")
+    assert r.clean_accuracy == pytest.approx(clean)
+    assert 0.2 < exact < clean  # a non-trivial case
+    for a in attacks:
+        assert r.robust_accuracy(a) == pytest.approx(exact), a
+    assert r.robust_accuracy() == pytest.approx(exact)
+
+
+def test_closed_form_multiclass_linear():
+    """4-class linear model W x: point i is provably robust at eps iff for every j != y
+    (z_y - z_j) > eps * ||w_y - w_j||_1.  No attack may break a provably robust point, and the
+    targeted APGD (one target per class pair) reaches the exact value."""
+    torch.manual_seed(1)
+    W = torch.randn(4, 16)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4, bias=False))
+    model[1].weight.data = W
+    x = 0.3 + 0.4 * torch.rand(300, 1, 4, 4)
+    z = x.flatten(1) @ W.t()
+    y = z.argmax(1)
+    eps = 0.04
+    need = eps * (W[y][:, None, :] - W[None]).abs().sum(-1)  # N x 4
+    gap = z.gather(1, y[:, None]) - z
+    slack = (gap - need).masked_fill(torch.nn.functional.one_hot(y, 4).bool(), float("inf")).min(1).values
+    keep = slack.abs() > 1e-3
+    x, y, slack = x[keep], y[keep], slack[keep]
+    exact = (slack > 0).float().mean().item()
+    r = evaluate(model, x, y, attacks=["fgsm", "pgd", "apgd-ce", "apgd-t"], eps=eps, device="cpu")
+    assert 0.2 < exact < 0.9
+    for a in ("fgsm", "pgd", "apgd-ce"):
+        assert r.robust_accuracy(a) >= exact - 1e-9
+    assert r.robust_accuracy("apgd-t") == pytest.approx(exact, abs=1 / len(y))
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+
+
+def test_torchattacks_and_art_pgd_agree(default_model, digits):
+    r = evaluate(default_model, dataset=digits, n=300, attacks=["pgd:random_start=false", "pgd@art:random_start=false",
+                                                                "fgsm", "fgsm@art"], device="cpu")
+    ps = r["per_sample"]["robust"]
+    assert sum(a != b for a, b in zip(ps["pgd:random_start=false"], ps["pgd@art:random_start=false"])) <= 1
+    assert sum(a != b for a, b in zip(ps["fgsm"], ps["fgsm@art"])) <= 1
+    assert r["attacks"]["pgd@art:random_start=false"]["backend"] == "art"
+    assert r["attacks"]["pgd:random_start=false"]["params"]["steps"] == 20
+
+
+def test_autoattack_equals_pyautoattack_direct(default_model, digits):
+    from pyautoattack import AutoAttack
+
+    idx, _ = digits.eval_indices(32, seed=0)
+    x, y = digits.test.images(idx), digits.test.y[idx]
+    # eps 0.2: most points break early, so the full standard cascade stays fast on CPU
+    r = evaluate(default_model, x, y, attacks=["autoattack"], eps=0.2, batch_size=32, seed=5, device="cpu")
+    aa = AutoAttack(default_model, device="cpu", eps=0.2, norm="Linf", seed=5, version="standard")
+    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=32)
+    with torch.no_grad():
+        direct = (default_model(x_adv).argmax(1) == y).tolist()
+    assert r["per_sample"]["robust"]["autoattack"] == direct
+    assert 0 < sum(direct) < sum(r["per_sample"]["correct_clean"])  # some points survive, some break
+    assert r["attacks"]["autoattack"]["backend"] == "autoattack"
+
+
+def test_same_seed_reproduces_exactly(default_model, digits):
+    kw = dict(dataset=digits, n=100, attacks=["pgd", "apgd-ce", "square:n_queries=200"], device="cpu", seed=3)
+    a, b = evaluate(default_model, **kw).to_dict(), evaluate(default_model, **kw).to_dict()
+    assert a["per_sample"] == b["per_sample"]
+    assert a["provenance"]["dataset"]["subset_hash"] == b["provenance"]["dataset"]["subset_hash"]
+    for k in a["attacks"]:
+        assert a["attacks"][k]["robust_accuracy"] == b["attacks"][k]["robust_accuracy"]
+
+
+def test_result_schema_and_cascade(default_model, digits):
+    full = evaluate(default_model, dataset=digits, n=150, suite="quick", device="cpu").to_dict()
+    for key in ("clean_accuracy", "n", "attacks", "worst_case", "per_sample", "validity", "provenance"):
+        assert key in full
+    a = full["attacks"]["pgd"]
+    for key in ("robust_accuracy", "ci95", "w_robust", "backend", "params", "seconds", "passes", "per_class",
+                "worst_class"):
+        assert key in a
+    assert a["passes"]["forward"] >= 20 * sum(full["per_sample"]["correct_clean"])
+    assert a["w_robust"] == pytest.approx((full["clean_accuracy"] + a["robust_accuracy"]) / 2)
+    worst = [all(v[i] for v in full["per_sample"]["robust"].values()) for i in range(full["n"])]
+    assert full["worst_case"]["robust_accuracy"] == pytest.approx(sum(worst) / full["n"])
+    prov = full["provenance"]
+    assert prov["libraries"]["pyautoattack"] == "0.2.0" and prov["dataset"]["name"] == "digits"
+    cas = evaluate(default_model, dataset=digits, n=150, suite="quick", device="cpu", cascade=True).to_dict()
+    assert cas["worst_case"]["robust_accuracy"] == pytest.approx(full["worst_case"]["robust_accuracy"], abs=1 / 150)
+    assert cas["attacks"]["apgd-t"]["passes"]["forward"] < full["attacks"]["apgd-t"]["passes"]["forward"]
+
+
+def test_store_and_resume_after_failure(default_model, digits, tmp_path, monkeypatch):
+    db = tmp_path / "r.db"
+    kw = dict(dataset=digits, n=200, attacks=["fgsm", "pgd"], device="cpu", chunk_size=50)
+    ref = evaluate(default_model, store=ResultStore(tmp_path / "ref.db"), **kw).to_dict()
+    import kdbench.evaluate.core as core
+
+    real = core._attack_chunk
+    calls = {"n": 0}
+
+    def flaky(a, *args, **kwargs):
+        calls["n"] += 1
+        if a.key == "pgd" and calls["n"] == 7:  # fgsm: 4 chunks, then pgd chunk 0, 1, boom at 2
+            raise KeyboardInterrupt
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(core, "_attack_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(default_model, store=ResultStore(db), **kw)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    assert con.execute("SELECT COUNT(*) FROM partial").fetchone()[0] == 6
+    monkeypatch.setattr(core, "_attack_chunk", lambda *a, **k: (calls.__setitem__("resumed", calls.get("resumed", 0) + 1), real(*a, **k))[1])
+    res = evaluate(default_model, store=ResultStore(db), resume=True, **kw).to_dict()
+    assert calls["resumed"] == 2  # only pgd chunks 2 and 3 ran again
+    assert res["per_sample"] == ref["per_sample"]
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+    assert con.execute("SELECT COUNT(*) FROM partial").fetchone()[0] == 0
+
+
+def test_bad_inputs(default_model):
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    cases = [(dict(x=x * 2, y=y), "must lie in"), (dict(x=x.masked_fill(x > 0.5, float("nan")), y=y), "NaN"),
+             (dict(x=x[:, 0], y=y), "4-d"), (dict(x=x, y=y + 20), "labels range"), (dict(x=x, y=y, eps=0), "eps"),
+             (dict(x=x, y=y, batch_size=0), "batch size"), (dict(x=x, y=y, attacks=["nope"]), "unknown attack"),
+             (dict(x=x, y=y, attacks=["pgd:stepz=3"]), "unknown attack parameter"),
+             (dict(x=x, y=y, attacks=["pgd@foolbox"]), "no backend")]
+    for kw, msg in cases:
+        kw.setdefault("eps", 0.1)
+        with pytest.raises(KdbenchError, match=msg):
+            evaluate(default_model, device="cpu", **kw)
+
+
+def test_cli_default_and_bad_input(tmp_path):
+    db, out = tmp_path / "k.db", tmp_path / "r.json"
+    res = run_cli("evaluate", "--n", "60", "--attacks", "fgsm,pgd:steps=5", "--db", db, "--out", out,
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["n"] == 60 and set(r["attacks"]) == {"fgsm", "pgd:steps=5"}
+    assert r["provenance"]["model"]["weights_sha256"] and "worst case" in res.stdout
+    bad = [(["--attacks", "nosuch"], "unknown attack"), (["--eps", "-1"], "eps must be positive"),
+           (["--batch-size", "0"], "batch-size must be positive"),
+           (["--model", "smallcnn", "--weights", tmp_path / "missing.pt", "--dataset", "digits"], "not found"),
+           (["--model", "nosuchfile.py:f", "--dataset", "digits"], "model file not found")]
+    evil = tmp_path / "evil.pt"
+    import pickle
+    evil.write_bytes(pickle.dumps({"w": os.system}))
+    bad.append((["--model", "smallcnn", "--weights", evil, "--dataset", "digits"], "refusing to load"))
+    for args, msg in bad:
+        r = run_cli("evaluate", *args, "--db", db, "--no-progress")
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1  # only the good run
+
+
+def test_torchrun_shards_equal_single_process(tmp_path):
+    args = ["evaluate", "--num-points", "120", "--attacks", "fgsm,pgd:steps=5,apgd-ce", "--chunk-size", "40", "--db", "",
+            "--no-progress"]
+    single = run_cli(*args, "--out", tmp_path / "one.json")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29544", "-m", "kdbench", *args, "--out", str(tmp_path / "two.json")], cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert a["per_sample"] == b["per_sample"] and b["provenance"]["world_size"] == 2
