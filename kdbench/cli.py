@@ -35,6 +35,10 @@ def _add_train(sub):
     p.add_argument("--data-dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method_params.beta=3 (YAML value)")
+    p.add_argument("--init-from", help="initialise the student from a run dir or weights file")
+    p.add_argument("--chain", type=int, help="teacher-assistant chain of K links (method takd): "
+                                             "OUT/teacher, OUT/assistant..., OUT/student")
+    p.add_argument("--chain-models", help="comma-separated architectures along the chain")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -51,7 +55,7 @@ def cmd_train(args) -> int:
     over = {"method": args.method, "dataset": args.dataset, "model": args.model, "teachers": args.teachers,
             "epochs": args.epochs, "batch_size": args.batch_size, "optimizer.lr": args.lr, "attack.eps": args.eps,
             "train_subset": args.train_subset, "seed": args.seed, "device": args.device,
-            "data_dir": args.data_dir}
+            "data_dir": args.data_dir, "init_from": args.init_from}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -60,6 +64,15 @@ def cmd_train(args) -> int:
     if not args.resume and not (args.method or args.config):
         raise KdbenchError("--method is required (or --config)")
     cfg = merge(cfg, over)
+    if args.chain is not None:
+        from .train.chain import train_chain
+
+        if cfg.method not in ("takd", "ta"):
+            raise KdbenchError("--chain builds teacher-assistant chains: use --method takd")
+        models = [m.strip() for m in args.chain_models.split(",")] if args.chain_models else None
+        dirs = train_chain(cfg, args.out, args.chain, models, resume=args.resume, progress=not args.no_progress)
+        print("chain: " + " -> ".join(str(d) for d in dirs))
+        return 0
     history = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if history:
         last = history[-1]

@@ -54,9 +54,11 @@ class TrainConfig:
     model: Optional[str] = None  # None -> the dataset's default architecture
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     teachers: List[str] = field(default_factory=list)
+    init_from: Optional[str] = None  # run dir or weights file to initialise the student from
+    chain: Dict[str, Any] = field(default_factory=dict)  # set by teacher-assistant chains
     method_params: Dict[str, Any] = field(default_factory=dict)
     epochs: Optional[int] = None
-    batch_size: int = 128
+    batch_size: Optional[int] = None  # None -> the dataset's default (128; 32 for digits)
     train_subset: Optional[int] = None  # train on a seeded subset of this many images
     seed: int = 0
     device: str = "auto"
@@ -126,7 +128,7 @@ def merge(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
 
 # Per-dataset defaults for small offline runs (paper-scale settings live in configs/).
 DATASET_DEFAULTS = {
-    "digits": {"model": "smallcnn", "epochs": 10},
+    "digits": {"model": "smallcnn", "epochs": 10, "batch_size": 32},
     "mnist5k": {"model": "smallcnn", "epochs": 10},
     "fashion-mnist": {"model": "smallcnn", "epochs": 10},
     "mnist": {"model": "smallcnn", "epochs": 20},

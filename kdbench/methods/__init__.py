@@ -48,6 +48,7 @@ class Method:
         self.attack = attack
         self.teacher_models = teachers
         self.num_classes = num_classes
+        self.epoch = 0
         lo, hi = self.teachers
         if len(teachers) < lo or (hi is not None and len(teachers) > hi):
             want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any number of'}"
@@ -63,9 +64,21 @@ class Method:
         """Outer loss; returns (loss, logits used for the running training accuracy)."""
         raise NotImplementedError
 
-    # --- optional state (adaptive weights and the like), saved with the checkpoint -------
-    def begin_epoch(self, epoch: int, epochs: int) -> None:
-        pass
+    # --- optional hooks ------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, epochs: int, lr_scale: float = 1.0) -> None:
+        """Called before each epoch; ``lr_scale`` is the current lr over the base lr."""
+        self.epoch = epoch
+
+    def adjust_lr(self, epoch: int, epochs: int, lr: float, base_lr: float, milestones, gamma: float) -> float:
+        """Lets a method reproduce a released schedule bug behind a switch (ARD, TAKD)."""
+        return lr
+
+    def teacher(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits of frozen teacher ``i`` on ``x`` (no gradient)."""
+        with torch.no_grad():
+            return self.teacher_models[i](x)
+
+    # --- state saved with the checkpoint (adaptive weights and the like) ----------------
 
     def state_dict(self) -> Dict[str, Any]:
         return {}
@@ -78,4 +91,4 @@ def get_method(name: str):
     return METHODS.get(name)
 
 
-from . import natural, pgd_at, trades  # noqa: E402,F401  (registration)
+from . import adaad, ard, dd, iad, mtard, natural, pgd_at, rslad, takd, trades  # noqa: E402,F401  (registration)

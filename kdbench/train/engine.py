@@ -39,6 +39,8 @@ def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
     over = {}
     if cfg.model is None:
         over["model"] = defaults["model"]
+    if cfg.batch_size is None:
+        over["batch_size"] = defaults.get("batch_size", 128)
     if cfg.epochs is None:
         over["epochs"] = defaults["epochs"]
         for k, v in defaults.items():
@@ -51,7 +53,7 @@ def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
     step = cfg.attack.step_size if cfg.attack.step_size is not None else method_cls.step_ratio * eps
     ms = cfg.schedule.milestones
     if ms is None and cfg.schedule.name == "multistep":
-        ms = [int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)]
+        ms = sorted({m for m in (int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)) if m > 0})
     cfg = merge(cfg, {"attack.eps": float(eps), "attack.steps": int(steps), "attack.step_size": float(step),
                       "schedule.milestones": ms,
                       "eval.select": cfg.eval.select or method_cls.select_metric})
@@ -198,6 +200,12 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     info = dataset.info
     teachers = load_teachers(cfg.teachers, dataset, device)
     student = build_model(cfg.model, info.num_classes, info.in_channels, info.input_size, **cfg.model_kwargs)
+    if cfg.init_from:
+        from ..models import is_run_dir
+        from ..weights import load_weights
+
+        src = rundir.run_weights(cfg.init_from) if is_run_dir(cfg.init_from) else cfg.init_from
+        load_weights(student, src)
     student = student.to(device)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
@@ -243,10 +251,11 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
         with bar:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
-                lr = lr_at(cfg, epoch)
+                lr = method.adjust_lr(epoch, cfg.epochs, lr_at(cfg, epoch), cfg.optimizer.lr,
+                                      cfg.schedule.milestones, cfg.schedule.gamma)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                method.begin_epoch(epoch, cfg.epochs)
+                method.begin_epoch(epoch, cfg.epochs, lr / cfg.optimizer.lr)
                 gen = epoch_generator(cfg.seed, epoch)
                 order = shard_indices(len(train_set), gen, dinfo.rank, dinfo.world)
                 task = bar.add_task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", total=n_batches, stats="")
@@ -277,6 +286,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                 if cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
                     rec.update(monitor(student, dataset, eval_idx, cfg.attack.eps, cfg.eval.pgd_steps,
                                        cfg.eval.batch_size, device, dinfo))
+                    counter_s.take(), counter_t.take()  # the monitor's passes are not training cost
                 rec["seconds"] = time.time() - t0
                 history.append(rec)
                 metric = rec.get(f"{cfg.eval.select}_acc")

@@ -1,0 +1,55 @@
+"""AdaAD -- Adaptive Adversarial Distillation (Huang et al., CVPR 2023; methods.md 5).
+
+Inner: maximise sum KL(softmax(T(x')) || softmax(S(x'))) with **both models on x'** and the
+gradient flowing through both; both in eval; start x + 0.001 N(0, I) unclipped; 10 steps of
+eps/4 (the README's 8/255 and 2/255).  Outer: alpha KL(T(x') || S(x')) + (1 - alpha) KL(T(x) || S(x)),
+temperature 1, element-wise mean (``reduction: batchmean`` for CIFAR-100).
+
+AdaIAD (``adaiad``): the same inner maximisation with the IAD-I loss, the teacher evaluated on
+x' in the KD term, tau = 30 (the official argparse default) and the trust weight from ``begin``."""
+import torch
+
+from .. import losses
+from ..attacks.pgd import mode, pgd
+from . import METHODS, Method
+from .iad import IAD
+
+
+def adaptive_pgd(student, teacher, x, attack):
+    with mode(student, train=False), mode(teacher, train=False):
+        with torch.enable_grad():
+            return pgd(x, lambda xa: losses.kl(teacher(xa), student(xa), reduction="sum"), attack.eps,
+                       attack.step_size, attack.steps, start="normal", clip_start=False)
+
+
+@METHODS.register("adaad")
+class AdaAD(Method):
+    name = "adaad"
+    params = {"alpha": 1.0, "reduction": "mean"}
+    teachers = (1, 1)
+
+    def perturb(self, student, x, y):
+        return adaptive_pgd(student, self.teacher_models[0], x, self.attack)
+
+    def loss(self, student, x, x_adv, y):
+        t_adv = self.teacher(0, x_adv)
+        t_nat = self.teacher(0, x) if self.p["alpha"] != 1 else t_adv
+        s_adv, s_nat = student(x_adv), student(x)  # S(x) runs even at alpha = 1 (BN statistics)
+        return losses.adaad_loss(s_nat=s_nat, s_adv=s_adv, t_nat=t_nat, t_adv=t_adv, alpha=self.p["alpha"],
+                                 reduction=self.p["reduction"]), s_adv
+
+
+@METHODS.register("adaiad")
+class AdaIAD(IAD):
+    name = "adaiad"
+    params = {"alpha": 1.0, "tau": 30.0, "beta": 0.1, "begin": None, "released_lr_schedule": False}
+
+    def perturb(self, student, x, y):
+        return adaptive_pgd(student, self.teacher_models[0], x, self.attack)
+
+    def loss(self, student, x, x_adv, y):
+        t_adv = self.teacher(0, x_adv)
+        w = None if self.epoch < self.begin else losses.iad_trust(t_adv, y, self.p["beta"])
+        s_adv, s_nat = student(x_adv), student(x)
+        return losses.iad_loss(s_nat=s_nat, s_adv=s_adv, y=y, w=w, t_nat=t_adv, variant="I",
+                               alpha=self.p["alpha"], tau=self.p["tau"]), s_adv
