@@ -98,6 +98,22 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _add_plot(sub):
+    p = sub.add_parser("plot", help="plots from result JSONs (robust accuracy vs eps, distances, temperature)")
+    p.add_argument("results", nargs="+", help="result JSON files (kdbench evaluate --out)")
+    p.add_argument("--label", action="append", help="label per result, e.g. 'student T=20' (repeat)")
+    p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot
+
+    for path in plot(args.results, args.out, args.label):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -106,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_train(sub)
     _add_list(sub)
+    _add_plot(sub)
     try:
         from .evaluate.cli import add_evaluate
     except ImportError:  # pragma: no cover - evaluate not installed

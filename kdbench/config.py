@@ -60,6 +60,7 @@ class TrainConfig:
     epochs: Optional[int] = None
     batch_size: Optional[int] = None  # None -> the dataset's default (128; 32 for digits)
     train_subset: Optional[int] = None  # train on a seeded subset of this many images
+    augment: Optional[bool] = None  # None -> the dataset's train augmentation; false -> none
     seed: int = 0
     device: str = "auto"
     amp: Optional[bool] = None  # None -> on for CUDA (bf16 when supported)

@@ -48,6 +48,7 @@ class Attack:
     norm: str = "Linf"
     eps: float = 0.0
     library_batches: bool = False  # the library batches internally (pyautoattack)
+    min_norm: Optional[str] = None  # minimal-perturbation attacks: the norm their distance is measured in
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,6 +145,18 @@ _ART_EPS = {"DeepFool": (), "CarliniL2Method": ()}
 _ART_NO_VERBOSE = {"FastGradientMethod"}
 
 
+def _native_cw(fn: str, **params):
+    """kdbench's batched Carlini-Wagner attacks (kdbench.attacks.cw): untargeted, on logits."""
+    def run(model, x, y):
+        from ..attacks import cw
+
+        with torch.enable_grad():
+            x_adv, _ = getattr(cw, fn)(model, x, y, **params)
+        return x_adv
+
+    return run
+
+
 def cw_margin_pgd(eps, step_size, steps, kappa, norm="Linf"):
     """CW-inf of the distillation papers: L-inf PGD (uniform start) maximising the Carlini-Wagner
     margin  max_{j != y} Z_j - Z_y, capped at kappa (methods.md 2.4; IAD's basic_eval.py)."""
@@ -187,6 +200,7 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
         raise KdbenchError(f"{name} uses the targeted DLR loss, which needs at least 4 classes (model has "
                            f"{num_classes}); use apgd-ce, pgd or cw-linf")
     lib = False
+    min_norm = None
     if name == "fgsm":
         p = _defaults(kw)
         run = _torchattacks("FGSM", eps=eps) if b == "torchattacks" else \
@@ -263,6 +277,13 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
         run = _torchattacks("DeepFool", steps=p["steps"], overshoot=p["overshoot"]) if b == "torchattacks" else \
             _art("DeepFool", eps, norm, num_classes, max_iter=p["steps"], epsilon=p["overshoot"], batch_size=512)
         p = {**p, "minimal_perturbation": True, "counted_within": f"{norm} <= {eps}"}
+        min_norm = "L2"
+    elif name == "cw-l2" and b == "kdbench":
+        p = _defaults(kw, c0=1e-3, kappa=0.0, steps=1000, binary_steps=9, lr=0.01)
+        run = _native_cw("cw_l2", c0=p["c0"], kappa=p["kappa"], steps=p["steps"], binary_steps=p["binary_steps"],
+                         lr=p["lr"])
+        p = {**p, "minimal_perturbation": True, "binary_search": True, "counted_within": f"{norm} <= {eps}"}
+        min_norm = "L2"
     elif name == "cw-l2":
         p = _defaults(kw, c=1.0, kappa=0.0, steps=100, lr=0.01)
         if b == "torchattacks":
@@ -271,29 +292,44 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
             run = _art("CarliniL2Method", eps, norm, num_classes, confidence=p["kappa"], initial_const=p["c"],
                        max_iter=p["steps"], learning_rate=p["lr"], batch_size=512)
         p = {**p, "minimal_perturbation": True, "counted_within": f"{norm} <= {eps}"}
+        min_norm = "L2"
+    elif name == "cw-l0":
+        p = _defaults(kw, c0=1e-3, c_max=2e6, steps=1000, lr=0.01, kappa=0.01, max_rounds=0)
+        run = _native_cw("cw_l0", c0=p["c0"], c_max=p["c_max"], steps=p["steps"], lr=p["lr"], kappa=p["kappa"],
+                         max_rounds=p["max_rounds"] or None)
+        p = {**p, "minimal_perturbation": True, "counted_within": f"{norm} <= {eps}", "l0": "changed pixels"}
+        min_norm = "L0"
+    elif name == "cw-linf-min":
+        p = _defaults(kw, c0=1e-5, c_max=20.0, steps=1000, lr=5e-3, decrease=0.9)
+        run = _native_cw("cw_linf", c0=p["c0"], c_max=p["c_max"], steps=p["steps"], lr=p["lr"],
+                         decrease=p["decrease"])
+        p = {**p, "minimal_perturbation": True, "counted_within": f"{norm} <= {eps}"}
+        min_norm = "Linf"
     else:  # pragma: no cover - guarded by ATTACK_NAMES
         raise KdbenchError(f"unknown attack {name!r}")
-    return Attack(spec, name, b, p, run, norm=norm, eps=eps, library_batches=lib)
+    return Attack(spec, name, b, p, run, norm=norm, eps=eps, library_batches=lib, min_norm=min_norm)
 
 
 ATTACK_NAMES = ["fgsm", "pgd", "bim", "mifgsm", "cw-linf", "apgd-ce", "apgd-t", "fab", "square", "autoattack",
-                "deepfool", "cw-l2"]
+                "deepfool", "cw-l2", "cw-l0", "cw-linf-min"]
 DEFAULT_BACKEND = {"fgsm": "torchattacks", "pgd": "torchattacks", "bim": "torchattacks", "mifgsm": "torchattacks",
                    "cw-linf": "kdbench", "apgd-ce": "autoattack", "apgd-t": "autoattack", "fab": "autoattack",
                    "square": "autoattack", "autoattack": "autoattack", "deepfool": "torchattacks",
-                   "cw-l2": "torchattacks"}
+                   "cw-l2": "kdbench", "cw-l0": "kdbench", "cw-linf-min": "kdbench"}
 BACKENDS = {"fgsm": ["torchattacks", "art"], "pgd": ["torchattacks", "art"], "bim": ["torchattacks", "art"],
             "mifgsm": ["torchattacks"], "cw-linf": ["kdbench"], "apgd-ce": ["autoattack", "torchattacks", "art"],
             "apgd-t": ["autoattack", "torchattacks"], "fab": ["autoattack", "torchattacks"],
             "square": ["autoattack", "torchattacks", "art"], "autoattack": ["autoattack"],
-            "deepfool": ["torchattacks", "art"], "cw-l2": ["torchattacks", "art"]}
+            "deepfool": ["torchattacks", "art"], "cw-l2": ["kdbench", "torchattacks", "art"], "cw-l0": ["kdbench"],
+            "cw-linf-min": ["kdbench"]}
 LINF_ONLY = {"fgsm", "bim", "mifgsm", "cw-linf"}
 
 SUITES = {
     "quick": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t"],
     "standard": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t", "autoattack", "square"],
-    # the seed papers' protocol: FGSM, PGD-20 (step eps/4 = 2/255 at 8/255), CW-inf 20 steps, AutoAttack
-    "paper": ["fgsm", "pgd:steps=20", "cw-linf:steps=20", "autoattack"],
+    # the seed papers' protocol: FGSM, PGD-20 (step eps/4 = 2/255 at 8/255), CW-inf 20 steps, AutoAttack,
+    # and seed 000's minimal-perturbation attacks (rho_adv under CW-L0 / L2 / L-inf)
+    "paper": ["fgsm", "pgd:steps=20", "cw-linf:steps=20", "autoattack", "cw-l0", "cw-l2", "cw-linf-min"],
 }
 
 

@@ -37,6 +37,7 @@ def add_evaluate(sub):
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--db", default="kdbench.db", help="SQLite results store (default ./kdbench.db; '' for none)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from --db")
+    p.add_argument("--no-checks", action="store_true", help="skip the eps-sweep / convergence validity checks")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -78,7 +79,7 @@ def cmd_evaluate(args) -> int:
     res = evaluate(lm.model, dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
-                   provenance={"model": lm.provenance()})
+                   provenance={"model": lm.provenance()}, checks=not args.no_checks)
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -113,7 +114,22 @@ def print_table(r: dict) -> None:
               f"{w['worst_class']['class']}: {w['worst_class']['robust_accuracy']:.1%}", "", "")
     c = Console(width=max(Console().width, 132))
     c.print(t)
+    if r.get("min_perturbation"):
+        m = Table(title="minimal perturbation (rho_adv, over clean-correct points)")
+        for col in ("attack", "norm", "success", "mean", "median", "max"):
+            m.add_column(col, justify="left" if col in ("attack", "norm") else "right")
+        for name, v in r["min_perturbation"].items():
+            fmt = (lambda z: "-" if z is None else f"{z:.4g}")
+            m.add_row(name, v["norm"], f"{v['success_rate']:.1%}", fmt(v["mean"]), fmt(v["median"]), fmt(v["max"]))
+        c.print(m)
+    if "sensitivity" in r:
+        c.print(f"sensitivity: mean |dF/dx| {r['sensitivity']['mean']:.3g}, fraction < 1e-10 "
+                f"{r['sensitivity']['fraction_below_1e-10']:.1%}; confidence (Eq. 14) {r['confidence']:.3f}")
     flags = r.get("validity", {}).get("flags", [])
-    c.print("validity flags: " + (", ".join(f["name"] for f in flags) if flags else "none"))
+    if flags:
+        for f in flags:
+            c.print(f"[bold red]validity flag[/bold red] {f['name']}: {f['message']}")
+    else:
+        c.print("validity flags: none")
     if "store_id" in r:
         c.print(f"stored as result #{r['store_id']}")

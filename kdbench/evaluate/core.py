@@ -127,7 +127,7 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
              attacks: Optional[Sequence[str]] = None, suite: Optional[str] = None, eps: Optional[float] = None,
              norm: str = "Linf", batch_size: int = 256, device: str = "auto", seed: int = 0, cascade: bool = False,
              chunk_size: int = 1024, store=None, resume: bool = False, progress: bool = False,
-             provenance: Optional[dict] = None) -> EvalResult:
+             provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` (float in [0, 1], NCHW) or on ``dataset``'s test split
     (a seeded subset of ``n`` points).  See docs/results.md for the result schema."""
     t_start = datetime.now(timezone.utc)
@@ -194,6 +194,9 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
             xb = x[s:s + batch_size].to(dev)
             correct[s:s + batch_size] = (model(xb).argmax(1).cpu() == y[s:s + batch_size])
     n_total = len(y)
+    from . import validity
+
+    probe_g = validity.probe_gradients(model, x, y, batch_size, dev)
     chunks = [(k, torch.arange(s, min(s + chunk_size, n_total))) for k, s in enumerate(range(0, n_total,
                                                                                              chunk_size))]
     mine = [c for c in chunks if c[0] % dinfo.world == dinfo.rank]
@@ -208,6 +211,7 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
     with bar:
         for a in built:
             robust = correct.clone()
+            dists = torch.zeros(n_total)  # clean-misclassified points need no perturbation
             fwd0, bwd0 = counted.forward_images, counted.backward_images
             stored_f = stored_b = 0
             t0 = time.time()
@@ -217,29 +221,38 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
                 part = store.get_partial(key, a.key, k) if (store is not None and resume) else None
                 if part is not None:
                     robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
+                    if a.min_norm:
+                        dists[idx] = torch.tensor(part["distances"], dtype=torch.float32)
                     stored_f += part["forward"]
                     stored_b += part["backward"]
                     stored_seconds += part["seconds"]
                     bar.advance(task, len(idx))
                     continue
                 c_t0, c_f0, c_b0 = time.time(), counted.forward_images, counted.backward_images
-                target = idx[(still if cascade else correct)[idx]]
-                broken = _attack_chunk(a, counted, model, x, y, target, dev, batch_size,
-                                       seed * 1_000_003 + k, lambda m: bar.advance(task, m))
+                # minimal-perturbation attacks always run on every clean-correct point (their distances)
+                target = idx[(still if cascade and not a.min_norm else correct)[idx]]
+                broken, dist = _attack_chunk(a, counted, model, x, y, target, dev, batch_size,
+                                             seed * 1_000_003 + k, lambda m: bar.advance(task, m))
                 robust[idx] = correct[idx]
                 robust[target[broken]] = False
+                if a.min_norm:
+                    dists[target] = dist
                 if cascade:
                     robust[idx] &= still[idx]
                 bar.advance(task, len(idx) - len(target))
                 if store is not None:
                     store.put_partial(key, a.key, k, robust[idx].tolist(), counted.forward_images - c_f0,
-                                      counted.backward_images - c_b0, time.time() - c_t0)
+                                      counted.backward_images - c_b0, time.time() - c_t0,
+                                      dists[idx].tolist() if a.min_norm else None)
             if dinfo.enabled:
                 robust = _gather_flags(robust, mine, dinfo, chunk_size)
+                if a.min_norm:
+                    dists = _gather_flags(dists, mine, dinfo, chunk_size)
             still &= robust
             fwd, bwd = ddist.all_sum([counted.forward_images - fwd0 + stored_f,
                                       counted.backward_images - bwd0 + stored_b], dinfo, dev)
             per_attack[a.key] = {"flags": robust, "backend": a.backend, "params": a.params, "name": a.name,
+                                 "distances": dists if a.min_norm else None, "min_norm": a.min_norm,
                                  "seconds": time.time() - t0 + stored_seconds,
                                  "passes": {"forward": int(fwd), "backward": int(bwd)}}
             bar.remove_task(task)
@@ -260,6 +273,22 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         res["attacks"][name] = {**s, "backend": pa["backend"], "params": pa["params"], "seconds": pa["seconds"],
                                 "passes": pa["passes"]}
         res["per_sample"]["robust"][name] = flags
+        if pa["distances"] is not None:
+            d = pa["distances"]
+            res.setdefault("min_perturbation", {})[name] = metrics.min_perturbation(d, correct, pa["min_norm"])
+            res["per_sample"].setdefault("min_distance", {})[name] = [float(v) for v in d.tolist()]
+    sens = probe_g["sensitivity"]
+    res["sensitivity"] = {"of": "softmax probability of the predicted class (seed 000 Eq. 10, T = 1)",
+                          "mean": sum(sens) / n_total, "fraction_below_1e-10": sum(v < 1e-10 for v in sens) / n_total}
+    res["confidence"] = sum(probe_g["confidence"]) / n_total
+    res["per_sample"]["sensitivity"] = sens
+    res["per_sample"]["confidence"] = probe_g["confidence"]
+    budget = None
+    if checks:
+        sub = correct.nonzero().flatten()[:checks_n]
+        budget = validity.budget_checks(model, x[sub], y[sub], eps, norm, seed, dev, batch_size) if len(sub) else None
+    res["validity"] = {"flags": validity.check(res, probe_g) + (budget["flags"] if budget else []),
+                       "budget_checks": {k: v for k, v in budget.items() if k != "flags"} if budget else None}
     worst = still.tolist()
     ws = metrics.summary(worst, labels, num_classes, clean)
     res["worst_case"] = {"robust_accuracy": ws["robust_accuracy"], "ci95": ws["ci95"], "w_robust": ws["w_robust"],
@@ -275,12 +304,16 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
     return result
 
 
-def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_seed, advance) -> torch.Tensor:
+def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_seed, advance):
     """Run one attack on the points ``target`` of a chunk; return which of them it broke
-    (after kdbench's own re-check: misclassified, inside [0, 1] and inside the budget)."""
+    (after kdbench's own re-check: misclassified, inside [0, 1] and inside the budget) and,
+    for minimal-perturbation attacks, the distance found (inf where it failed)."""
+    from ..attacks.cw import distance
+
     broken = torch.zeros(len(target), dtype=torch.bool)
+    dist = torch.full((len(target),), float("inf"))
     if len(target) == 0:
-        return broken
+        return broken, dist
     torch.manual_seed(rng_seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(rng_seed)
@@ -297,11 +330,13 @@ def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_
         xa = xa.detach().to(dev, xb.dtype)
         with torch.no_grad():
             pred = model(xa).argmax(1)
-        ok = (pred != yb) & within_budget(xa - xb, a.norm, a.eps) & (xa.flatten(1).min(1).values >= 0) \
-            & (xa.flatten(1).max(1).values <= 1)
-        broken[s:s + step] = ok.cpu()
+        fooled = (pred != yb) & (xa.flatten(1).min(1).values >= 0) & (xa.flatten(1).max(1).values <= 1)
+        broken[s:s + step] = (fooled & within_budget(xa - xb, a.norm, a.eps)).cpu()
+        if a.min_norm:
+            d = distance(xa - xb, a.min_norm).cpu()
+            dist[s:s + step] = torch.where(fooled.cpu(), d, torch.full_like(d, float("inf")))
         advance(len(sel))
-    return broken
+    return broken, dist
 
 
 def _gather_flags(robust: torch.Tensor, mine, dinfo, chunk_size: int) -> torch.Tensor:
@@ -310,5 +345,5 @@ def _gather_flags(robust: torch.Tensor, mine, dinfo, chunk_size: int) -> torch.T
     out = robust.clone()
     for d in parts:
         for k, flags in d.items():
-            out[k * chunk_size:k * chunk_size + len(flags)] = torch.tensor(flags, dtype=torch.bool)
+            out[k * chunk_size:k * chunk_size + len(flags)] = torch.tensor(flags, dtype=out.dtype)
     return out

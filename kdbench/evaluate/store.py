@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE TABLE IF NOT EXISTS partial (
     key TEXT NOT NULL, attack TEXT NOT NULL, chunk INTEGER NOT NULL,
-    robust TEXT NOT NULL, forward INTEGER, backward INTEGER, seconds REAL,
+    robust TEXT NOT NULL, forward INTEGER, backward INTEGER, seconds REAL, distances TEXT,
     PRIMARY KEY (key, attack, chunk)
 );
 """
@@ -46,17 +46,19 @@ class ResultStore:
             raise KdbenchError(f"results store {self.path}: {e.strerror}") from None
 
     def get_partial(self, key: str, attack: str, chunk: int) -> Optional[dict]:
-        row = self.db.execute("SELECT robust, forward, backward, seconds FROM partial WHERE key=? AND attack=? "
-                              "AND chunk=?", (key, attack, chunk)).fetchone()
+        row = self.db.execute("SELECT robust, forward, backward, seconds, distances FROM partial WHERE key=? AND "
+                              "attack=? AND chunk=?", (key, attack, chunk)).fetchone()
         if row is None:
             return None
-        return {"robust": json.loads(row[0]), "forward": row[1], "backward": row[2], "seconds": row[3]}
+        return {"robust": json.loads(row[0]), "forward": row[1], "backward": row[2], "seconds": row[3],
+                "distances": json.loads(row[4]) if row[4] else None}
 
     def put_partial(self, key: str, attack: str, chunk: int, robust: List[bool], forward: int, backward: int,
-                    seconds: float) -> None:
+                    seconds: float, distances: Optional[List[float]] = None) -> None:
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO partial VALUES (?,?,?,?,?,?,?)",
-                            (key, attack, chunk, json.dumps([bool(r) for r in robust]), forward, backward, seconds))
+            self.db.execute("INSERT OR REPLACE INTO partial VALUES (?,?,?,?,?,?,?,?)",
+                            (key, attack, chunk, json.dumps([bool(r) for r in robust]), forward, backward, seconds,
+                             json.dumps(distances) if distances is not None else None))
 
     def clear_partial(self, key: str) -> None:
         with self.db:

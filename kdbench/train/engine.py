@@ -260,8 +260,8 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                 order = shard_indices(len(train_set), gen, dinfo.rank, dinfo.world)
                 task = bar.add_task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", total=n_batches, stats="")
                 loss_sum = correct = seen = 0.0
-                for x, y in iterate(train_set, cfg.batch_size, device, indices=order, augment=info.augment,
-                                    generator=gen):
+                for x, y in iterate(train_set, cfg.batch_size, device, indices=order, generator=gen,
+                                    augment=info.augment if cfg.augment is not False else None):
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with autocast():

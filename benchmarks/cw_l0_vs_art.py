@@ -1,0 +1,68 @@
+"""kdbench's batched CW-L0 against ART's CarliniL0Method on the same images, same run.
+
+Prints the time ratio (goal: kdbench at least 20x faster) and the mean-L0 ratio
+(goal: kdbench / ART at most 1.0), L0 counted as changed pixels for both.
+
+    python benchmarks/cw_l0_vs_art.py [--n 64]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+
+from kdbench.attacks.cw import cw_l0, l0_pixels
+from kdbench.data import get_dataset
+from kdbench.evaluate.cli import DEFAULT_WEIGHTS
+from kdbench.models import load_model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--art-batch", type=int, default=1, help="ART's default batch size is 1")
+    a = ap.parse_args()
+    model = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ds = get_dataset("digits")
+    idx, _ = ds.eval_indices(a.n * 2, seed=0)
+    x, y = ds.test.images(idx), ds.test.y[idx]
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    x, y = x[ok][:a.n], y[ok][:a.n]
+
+    t0 = time.perf_counter()
+    xa, succ = cw_l0(model, x, y, steps=a.steps)
+    t_kd = time.perf_counter() - t0
+    l0_kd = l0_pixels(xa - x).float()
+
+    from art.attacks.evasion import CarliniL0Method
+    from art.estimators.classification import PyTorchClassifier
+
+    clf = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
+                            clip_values=(0.0, 1.0))
+    atk = CarliniL0Method(clf, batch_size=a.art_batch, verbose=False)
+    t0 = time.perf_counter()
+    xart = atk.generate(x=x.numpy(), y=y.numpy())
+    t_art = time.perf_counter() - t0
+    xart = torch.from_numpy(xart)
+    with torch.no_grad():
+        succ_art = model(xart).argmax(1) != y
+    l0_art = l0_pixels(xart - x).float()
+    both = succ & succ_art
+    print(f"{len(y)} digits images, smallcnn (PGD-AT), untargeted")
+    print(f"kdbench cw-l0: {t_kd:.1f}s, success {succ.float().mean():.2%}, mean L0 {l0_kd[succ].mean():.2f} px")
+    print(f"ART CarliniL0Method (defaults, batch {a.art_batch}): {t_art:.1f}s, success {succ_art.float().mean():.2%}, "
+          f"mean L0 {l0_art[succ_art].mean():.2f} px")
+    print(f"time ratio ART / kdbench: {t_art / t_kd:.1f}x (goal >= 20)")
+    if both.any():
+        print(f"mean-L0 ratio kdbench / ART on points both broke ({int(both.sum())}): "
+              f"{l0_kd[both].mean() / l0_art[both].mean():.3f} (goal <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Batched Carlini-Wagner minimal-perturbation attacks (Carlini & Wagner, S&P 2017), in
+PyTorch, on logits, for all images of a batch at once (methods.md section 11).
+
+Images are in [0, 1] (the reference's [-0.5, 0.5] box shifted by 0.5; distances are equal).
+The change of variables is x~ = (tanh(w) + 1) / 2.  All three attacks are untargeted by
+default (``targets=None``: success when the argmax leaves y); pass ``targets`` for targeted.
+Each returns ``(x_adv, success)``; ``x_adv`` equals ``x`` where the attack failed.
+
+* :func:`cw_l2` -- Adam on c f + ||x~ - x||^2 with a per-image binary search over c (11.1).
+* :func:`cw_l0` -- repeated L2 solves on a shrinking set of free pixels, warm-started, with c
+  doubled up to its ceiling; after each success the least useful pixels are frozen (11.2).
+* :func:`cw_linf` -- Adam on c f + sum relu(|x~ - x| - tau), tau shrunk by 0.9 after each
+  success, c doubled up to its ceiling (11.3).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def _atanh(x01: torch.Tensor) -> torch.Tensor:
+    """Inverse of (tanh(w) + 1) / 2, shrunk by 0.999999 (the reference's margin)."""
+    return torch.atanh((x01 * 2 - 1) * 0.999999)
+
+
+def _to01(w: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(w) + 1) / 2
+
+
+def margin(z: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor], kappa: float) -> torch.Tensor:
+    """CW's f on logits: untargeted max(0, Z_y - max_{j!=y} Z_j + kappa); targeted
+    max(0, max_{j!=t} Z_j - Z_t + kappa)."""
+    lab = targets if targets is not None else y
+    onehot = torch.nn.functional.one_hot(lab, z.shape[1]).bool()
+    real = z[onehot]
+    other = z.masked_fill(onehot, -1e4 if z.dtype == torch.float16 else float("-inf")).max(1).values
+    if targets is not None:
+        return (other - real + kappa).clamp(min=0)
+    return (real - other + kappa).clamp(min=0)
+
+
+def _success(z: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor], kappa: float) -> torch.Tensor:
+    if targets is not None:
+        zz = z.clone()
+        zz[torch.arange(len(z)), targets] -= kappa
+        return zz.argmax(1) == targets
+    zz = z.clone()
+    zz[torch.arange(len(z)), y] += kappa
+    return zz.argmax(1) != y
+
+
+def _bdims(t: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * 3))
+
+
+def cw_l2(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, c0: float = 1e-3,
+          kappa: float = 0.0, steps: int = 1000, binary_steps: int = 9, lr: float = 1e-2, abort_early: bool = True
+          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CW-L2 with a per-image binary search over c (methods.md 11.1)."""
+    b = len(x)
+    w0 = _atanh(x)
+    lower = torch.zeros(b, device=x.device)
+    upper = torch.full((b,), 1e10, device=x.device)
+    c = torch.full((b,), float(c0), device=x.device)
+    best_l2 = torch.full((b,), float("inf"), device=x.device)
+    best = x.clone()
+    for bs in range(binary_steps):
+        if binary_steps >= 10 and bs == binary_steps - 1:
+            c = torch.where(upper < 1e9, upper, c)
+        delta = torch.zeros_like(x, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=lr)
+        prev = float("inf")
+        step_ok = torch.zeros(b, dtype=torch.bool, device=x.device)
+        for it in range(steps):
+            xt = _to01(delta + w0)
+            z = model(xt)
+            l2 = (xt - x).flatten(1).pow(2).sum(1)
+            f = margin(z, y, targets, kappa)
+            loss = (l2 + c * f).sum()
+            with torch.no_grad():
+                ok = _success(z.detach(), y, targets, kappa)
+                better = ok & (l2 < best_l2)
+                best_l2 = torch.where(better, l2, best_l2)
+                best[better] = xt.detach()[better]
+                step_ok |= ok
+            if abort_early and it % max(steps // 10, 1) == 0:
+                if loss.item() > prev * 0.9999:
+                    break
+                prev = loss.item()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            upper = torch.where(step_ok, torch.minimum(upper, c), upper)
+            lower = torch.where(step_ok, lower, torch.maximum(lower, c))
+            c = torch.where(upper < 1e9, (lower + upper) / 2, c * 10)
+    success = torch.isfinite(best_l2)
+    return best.detach(), success
+
+
+def cw_linf(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, c0: float = 1e-5,
+            c_max: float = 20.0, steps: int = 1000, lr: float = 5e-3, decrease: float = 0.9, kappa: float = 0.0,
+            const_factor: float = 2.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CW-L-inf (methods.md 11.3), batched: each image has its own tau, c and warm start."""
+    b, dev = len(x), x.device
+    w_x = x
+    tau = torch.ones(b, device=dev)
+    c = torch.full((b,), float(c0), device=dev)
+    start = x.clone()
+    best = x.clone()
+    success = torch.zeros(b, dtype=torch.bool, device=dev)
+    active = torch.ones(b, dtype=torch.bool, device=dev)
+    while active.any():
+        # one solve per round: Adam reset once, c doubled while a sample has not succeeded
+        ws = _atanh(start)
+        delta = torch.zeros_like(x, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=lr)
+        done = ~active
+        found = torch.zeros(b, dtype=torch.bool, device=dev)
+        sol = start.clone()
+        while not done.all():
+            for _ in range(steps):
+                xt = _to01(delta + ws)
+                z = model(xt)
+                pen = (torch.abs(xt - w_x) - _bdims(tau)).clamp(min=0).flatten(1).sum(1)
+                per = c * margin(z, y, targets, kappa) + pen
+                with torch.no_grad():
+                    hit = ~done & (per < 1e-4 * c) & _success(z.detach(), y, targets, kappa)
+                    sol[hit] = xt.detach()[hit]
+                    found |= hit
+                    done |= hit
+                if done.all():
+                    break
+                opt.zero_grad()
+                (per * (~done)).sum().backward()
+                keep = delta.detach().clone()
+                opt.step()
+                with torch.no_grad():
+                    delta[done] = keep[done]
+            with torch.no_grad():
+                c = torch.where(done, c, c * const_factor)
+                gave_up = ~done & (c >= c_max)
+                done |= gave_up
+        # outer update
+        with torch.no_grad():
+            active &= found
+            best[found] = sol[found]
+            success |= found
+            dist = (sol - x).flatten(1).abs().max(1).values
+            tau = torch.where(found, torch.minimum(tau, dist) * decrease, tau)
+            start[found] = sol[found]
+            active &= tau > 1 / 256
+    return best, success
+
+
+def cw_l0(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, c0: float = 1e-3,
+          c_max: float = 2e6, steps: int = 1000, lr: float = 1e-2, const_factor: float = 2.0,
+          reduce_const: bool = False, kappa: float = 0.01, max_rounds: Optional[int] = None
+          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CW-L0 (methods.md 11.2), batched.  Pixels (all channels at once) are frozen to the
+    original after each successful L2 solve, least useful first, until the solve fails; the
+    result is the last success.  L0 counts changed pixels."""
+    b, ch, h, wd = x.shape
+    dev = x.device
+    valid = torch.ones(b, 1, h, wd, device=dev)
+    prev = x.clone()
+    c = torch.full((b,), float(c0), device=dev)
+    best = x.clone()
+    success = torch.zeros(b, dtype=torch.bool, device=dev)
+    active = torch.ones(b, dtype=torch.bool, device=dev)
+    rounds = 0
+    while active.any() and (max_rounds is None or rounds < max_rounds):
+        rounds += 1
+        ws = _atanh(prev)
+        delta = torch.zeros_like(x, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=lr)
+        done = ~active
+        found = torch.zeros(b, dtype=torch.bool, device=dev)
+        grad = torch.zeros_like(x)
+        sol = prev.clone()
+
+        def objective(d):
+            xt = valid * _to01(d + ws) + (1 - valid) * x
+            z = model(xt)
+            f = margin(z, y, targets, kappa)
+            return xt, z, f, c * f + (xt - x).flatten(1).pow(2).sum(1)
+
+        while not done.all():
+            for _ in range(steps):
+                xt, z, f, per = objective(delta)
+                g, = torch.autograd.grad(per.sum(), delta)  # per-image: each loss depends on its own row
+                with torch.no_grad():
+                    hit = ~done & (f < 1e-4)  # success read at the pre-step point (abort early)
+                    grad[hit] = g[hit]
+                    sol[hit] = xt.detach()[hit]
+                    found |= hit
+                    done |= hit
+                if done.all():
+                    break
+                old = delta.detach().clone()
+                delta.grad = g * (~done).float()[:, None, None, None]
+                opt.step()
+                with torch.no_grad():
+                    delta[done] = old[done]
+            with torch.no_grad():
+                c = torch.where(done, c, c * const_factor)
+                done |= c >= c_max
+        with torch.no_grad():
+            active &= found
+            if not active.any():
+                break
+            best[found] = sol[found]
+            success |= found
+            if reduce_const:
+                c = torch.where(found, c / 2, c)
+            changed = ((sol - x).abs() >= 1e-4).any(1).flatten(1)  # B x HW
+            n_chg = changed.sum(1).float()
+            score = (sol - x).sum(1).abs().flatten(1) * grad.abs().sum(1).flatten(1)  # B x HW
+            v = valid.flatten(1).bool()
+            score = score.masked_fill(~v, float("inf"))
+            order = score.argsort(1)
+            sorted_s = score.gather(1, order)
+            cap = torch.clamp(torch.ceil(0.3 * n_chg.sqrt()), min=1)
+            big = (sorted_s > 0.01)
+            first_big = torch.where(big.any(1), big.float().argmax(1), torch.full_like(n_chg, h * wd).long())
+            n_freeze = torch.minimum(first_big.float() + 1, cap)
+            n_freeze = torch.minimum(n_freeze, v.sum(1).float())
+            rank = torch.arange(h * wd, device=dev)[None].expand(b, -1)
+            freeze_sorted = (rank < n_freeze[:, None]) & found[:, None]
+            freeze = torch.zeros_like(v)
+            freeze.scatter_(1, order, freeze_sorted)
+            valid = (valid.flatten(1) * (~freeze).float()).view(b, 1, h, wd)
+            prev = torch.where(found[:, None, None, None], sol, prev)
+            active &= valid.flatten(1).sum(1) > 0
+    return best, success
+
+
+def l0_pixels(delta: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
+    """Changed pixels per image: a pixel counts once if any channel changed by >= tol."""
+    return (delta.abs() >= tol).any(1).flatten(1).sum(1)
+
+
+def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    if norm == "L0":
+        return l0_pixels(delta).float()
+    if norm == "L2":
+        return flat.norm(dim=1)
+    if norm == "Linf":
+        return flat.abs().max(1).values
+    raise ValueError(norm)
+
+

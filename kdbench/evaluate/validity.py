@@ -1,0 +1,137 @@
+"""Gradient sensitivity, confidence and validity checks (seed 000 III-B and V-D; Carlini et al.
+2019, "On Evaluating Adversarial Robustness"; AutoAttack's own checks).  A flag is
+``{"name", "evidence": {...}, "message"}``; kdbench never reports masking as robustness silently."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+CE_ATTACKS = {"fgsm", "pgd", "bim", "mifgsm", "apgd-ce"}
+MARGIN_ATTACKS = {"cw-linf", "apgd-t", "fab"}
+WHITE_BOX = CE_ATTACKS | MARGIN_ATTACKS | {"autoattack", "deepfool", "cw-l2", "cw-l0", "cw-linf-min"}
+
+
+def probe_gradients(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev) -> Dict[str, list]:
+    """Per sample: mean |d F_c / d x| (F = softmax of the logits, c the predicted class; Eq. 10
+    at T = 1), the largest |d CE / d x|, the confidence (Eq. 14: top probability when correct,
+    else 0), and whether the outputs look like probabilities."""
+    sens, ce_grad, conf = [], [], []
+    probs_like = True
+    for s in range(0, len(y), batch_size):
+        xb = x[s:s + batch_size].to(dev).requires_grad_(True)
+        yb = y[s:s + batch_size].to(dev)
+        with torch.enable_grad():
+            z = model(xb)
+            p = F.softmax(z, 1)
+            top, pred = p.max(1)
+            g_s, = torch.autograd.grad(top.sum(), xb, retain_graph=True)
+            g_ce, = torch.autograd.grad(F.cross_entropy(z, yb, reduction="sum"), xb)
+        zd = z.detach()
+        probs_like &= bool((zd >= 0).all() and (zd <= 1).all() and torch.allclose(zd.sum(1), torch.ones_like(zd[:, 0]),
+                                                                                   atol=1e-3))
+        sens += g_s.abs().flatten(1).mean(1).tolist()
+        ce_grad += g_ce.abs().flatten(1).max(1).values.tolist()
+        conf += torch.where(pred == yb, top.detach(), torch.zeros_like(top)).tolist()
+    return {"sensitivity": sens, "ce_grad_max": ce_grad, "confidence": conf, "probabilities": probs_like}
+
+
+def _flag(name: str, message: str, **evidence) -> dict:
+    return {"name": name, "message": message, "evidence": evidence}
+
+
+def check(res: dict, probe: Dict[str, list], extra: Dict[str, float] | None = None) -> List[dict]:
+    """The checks that need only the suite's per-sample results (and the gradient probe)."""
+    flags = []
+    n = res["n"]
+    tol = max(2 / n, 2 * math.sqrt(0.25 / max(n, 1)))  # about two standard errors at p = 0.5
+    correct = res["per_sample"]["correct_clean"]
+    if probe["probabilities"]:
+        flags.append(_flag("outputs_are_probabilities", "the model returns probabilities, not logits: "
+                           "CE attacks on them are weak; return logits", sample_rows_sum_to_one=True))
+    cc = [g for g, c in zip(probe["ce_grad_max"], correct) if c]
+    zero = sum(1 for g in cc if g == 0.0) / max(len(cc), 1)
+    if zero > 0.05:
+        flags.append(_flag("zero_gradients", f"{zero:.0%} of clean-correct points have an exactly zero "
+                           "cross-entropy input gradient (saturated softmax or a non-differentiable model)",
+                           fraction=zero, n=len(cc)))
+    acc = {k: v["robust_accuracy"] for k, v in res["attacks"].items()}
+    name_of = {k: k.partition("@")[0].partition(":")[0] for k in acc}
+    ce = {k: v for k, v in acc.items() if name_of[k] in CE_ATTACKS}
+    mg = {k: v for k, v in acc.items() if name_of[k] in MARGIN_ATTACKS}
+    if ce and mg:
+        best_ce, best_mg = min(ce, key=ce.get), min(mg, key=mg.get)
+        if ce[best_ce] - mg[best_mg] > max(tol, 0.03):
+            flags.append(_flag("ce_weaker_than_margin", "a margin-loss attack is much stronger than every "
+                               "cross-entropy attack: typical of gradient masking by logit scaling",
+                               ce_attack=best_ce, ce_robust=ce[best_ce], margin_attack=best_mg,
+                               margin_robust=mg[best_mg]))
+    ps = res["per_sample"]["robust"]
+    wb = [k for k in ps if name_of[k] in WHITE_BOX]
+    for k in ps:
+        if name_of[k] == "square" and wb:
+            only = sum(1 for i in range(n) if not ps[k][i] and all(ps[w][i] for w in wb))
+            if only / n > 0.002:
+                flags.append(_flag("black_box_beats_white_box", f"Square broke {only} point(s) every white-box "
+                                   "attack missed: the gradients mislead", points=only, fraction=only / n))
+    fg = [k for k in acc if name_of[k] == "fgsm"]
+    it = [k for k in acc if name_of[k] in ("pgd", "bim", "apgd-ce")]
+    if fg and it and acc[fg[0]] < min(acc[k] for k in it) - tol:
+        flags.append(_flag("single_step_beats_iterative", "FGSM is stronger than the iterative attacks: a "
+                           "step size or gradient problem", fgsm=acc[fg[0]], iterative=min(acc[k] for k in it)))
+    for name, v in (extra or {}).items():
+        if v is not None:
+            flags.append(v)
+    return flags
+
+
+def budget_checks(model, x, y, eps: float, norm: str, seed: int, dev, batch_size: int) -> dict:
+    """Carlini et al. (2019) items 3-6 on a subset: PGD accuracy must fall as eps grows, reach
+    about zero at a budget that can turn any image into any other, and not drop beyond its
+    interval with 5x the steps and 5 restarts."""
+    import torchattacks
+
+    from .metrics import wilson
+
+    torch.manual_seed(seed)
+    x, y = x.to(dev), y.to(dev)
+
+    def acc_under(e, steps=20, restarts=1):
+        if norm == "Linf":
+            atk = torchattacks.PGD(model, eps=e, alpha=e / 4 if steps <= 20 else e / 10, steps=steps,
+                                   random_start=True)
+        else:
+            atk = torchattacks.PGDL2(model, eps=e, alpha=e / 4 if steps <= 20 else e / 10, steps=steps)
+        robust = torch.ones(len(y), dtype=torch.bool, device=dev)
+        for _ in range(restarts):
+            for s in range(0, len(y), batch_size):
+                xb, yb = x[s:s + batch_size], y[s:s + batch_size]
+                xa = atk(xb, yb)
+                with torch.no_grad():
+                    robust[s:s + batch_size] &= model(xa).argmax(1) == yb
+        return robust.float().mean().item()
+
+    scales = [0.5, 1.0, 2.0, 4.0]
+    curve = {s * eps: acc_under(s * eps) for s in scales}
+    huge = 1.0 if norm == "Linf" else math.sqrt(x[0].numel())
+    at_huge = acc_under(huge, steps=100)
+    base = curve[eps]
+    stronger = acc_under(eps, steps=100, restarts=5)
+    n = len(y)
+    out = {"curve": {f"{k:.6g}": v for k, v in curve.items()}, "large_eps": huge, "at_large_eps": at_huge,
+           "pgd100x5": stronger, "n": n}
+    flags = []
+    vals = [curve[s * eps] for s in scales]
+    if any(b > a + 1 / n for a, b in zip(vals, vals[1:])):
+        flags.append(_flag("not_monotone_in_eps", "PGD accuracy rises with a larger budget", curve=out["curve"]))
+    if at_huge > 0.01:
+        flags.append(_flag("not_zero_at_large_eps", f"{at_huge:.1%} of points survive a budget of {huge:.3g}, "
+                           "which can reach any image", accuracy=at_huge, eps=huge))
+    lo, _ = wilson(round(base * n), n)
+    if stronger < lo:
+        flags.append(_flag("more_steps_lower_accuracy", "5x the steps and 5 restarts lower PGD accuracy beyond "
+                           "its interval: the attacks had not converged", pgd20=base, pgd100x5=stronger))
+    out["flags"] = flags
+    return out

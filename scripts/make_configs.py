@@ -1,0 +1,118 @@
+"""Regenerate configs/<method>/<dataset>.yaml from the official defaults (methods.md).
+
+    python scripts/make_configs.py
+
+Paper scale (cifar10, cifar100): the papers' students, teachers by RobustBench name, official
+optimiser, schedule, attack and loss constants.  Small scale (digits, mnist5k, fashion-mnist):
+smallcnn students distilled from kdbench-trained teachers in runs/<dataset>-pgd-at (and
+runs/<dataset>-natural), trained first with configs/pgd-at/<dataset>.yaml.
+"""
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+C10_TEACHER = "robustbench:cifar10/Linf/Zhang2019Theoretically"  # TRADES WRN-34-10 (model_cifar_wrn.pt)
+C10_NATURAL = "robustbench:cifar10/Linf/Standard"
+C100_TEACHER = "robustbench:cifar100/Linf/Gowal2020Uncovering"  # DeepMind WRN-70-16, no extra data
+C100_LTD = "robustbench:cifar100/Linf/Chen2021LTD_WRN34_10"
+EPS8, STEP2 = 8 / 255, 2 / 255
+
+SMALL = {"digits": {"epochs": 10, "eps": 0.1}, "mnist5k": {"epochs": 10, "eps": 0.3},
+         "fashion-mnist": {"epochs": 10, "eps": 0.1}}
+
+
+def sgd(lr=0.1, wd=2e-4, nesterov=False):
+    return {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": wd, "nesterov": nesterov}
+
+
+def paper(method, dataset):
+    c100 = dataset == "cifar100"
+    base = {"method": method, "dataset": dataset, "model": "resnet18", "batch_size": 128,
+            "attack": {"eps": EPS8, "step_size": STEP2, "steps": 10}, "eval": {"n": 1000, "pgd_steps": 20}}
+    teacher = C100_TEACHER if c100 else C10_TEACHER
+    if method in ("ard",):
+        return {**base, "teachers": [C100_LTD if c100 else C10_TEACHER], "epochs": 200,
+                "batch_size": 256 if c100 else 128, "optimizer": sgd(),
+                "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1},
+                "method_params": {"alpha": 1.0, "tau": 30.0, "released_lr_schedule": False}}
+    if method in ("iad", "iad-ii"):
+        teachers = [C100_LTD if c100 else C10_TEACHER] + ([C10_NATURAL] if method == "iad-ii" and not c100 else [])
+        if method == "iad-ii" and c100:
+            teachers.append("runs/cifar100-natural-resnet18")
+        mp = {"tau": 1.0, "beta": 0.1, "begin": 60 if method == "iad" else 40, "released_lr_schedule": False}
+        mp.update({"alpha": 1.0} if method == "iad" else {"alpha1": 0.5, "alpha2": 0.25})
+        return {**base, "teachers": teachers, "epochs": 200, "optimizer": sgd(),
+                "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1}, "method_params": mp}
+    if method in ("rslad", "mtard"):
+        teachers = [teacher] + ([C10_NATURAL if not c100 else "runs/cifar100-natural-wrn-22-6"]
+                                if method == "mtard" else [])
+        mp = {"kl_scale": 10.0 if c100 else 1.0}
+        mp.update({"alpha": 5 / 6, "fp16_teacher": False} if method == "rslad" else {"eta": 0.025, "beta": 1.0})
+        return {**base, "teachers": teachers, "epochs": 300, "optimizer": sgd(),
+                "schedule": {"name": "multistep", "milestones": [215, 260, 285], "gamma": 0.1},
+                "attack": {"eps": EPS8, "step_size": STEP2, "steps": 10}, "method_params": mp}
+    if method in ("adaad", "adaiad"):
+        t = C100_LTD if c100 else "robustbench:cifar10/Linf/Chen2021LTD_WRN34_20"
+        mp = {"alpha": 1.0, "reduction": "batchmean" if c100 else "mean"} if method == "adaad" else \
+            {"alpha": 1.0, "tau": 30.0, "beta": 0.1, "begin": 60}
+        return {**base, "teachers": [t], "epochs": 200, "optimizer": sgd(wd=5e-4), "seed": 42,
+                "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1}, "method_params": mp}
+    if method in ("dd", "takd"):
+        return {**base, "model": "cwnet", "teachers": ["runs/cifar-dd-teacher"] if method == "dd" else [],
+                "epochs": 50, "augment": False, "optimizer": sgd(lr=0.01, wd=0.0, nesterov=True),
+                "schedule": {"name": "constant"}, "eval": {"n": 1000, "pgd_steps": 20, "select": "clean"},
+                "method_params": {"T": 100.0} if method == "dd" else {"loss": "dd", "T": 20.0}}
+    if method in ("pgd-at", "trades", "natural"):
+        cfg = {**base, "model": "preact-resnet18", "epochs": 200, "optimizer": sgd(wd=5e-4),
+               "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1}}
+        if method == "trades":
+            cfg.update({"model": "wrn-34-10", "epochs": 76, "optimizer": sgd(wd=2e-4),
+                        "schedule": {"name": "multistep", "milestones": [75], "gamma": 0.1},
+                        "attack": {"eps": 0.031, "step_size": 0.007, "steps": 10}, "method_params": {"beta": 6.0}})
+        if method == "natural":
+            cfg.pop("attack")
+        return cfg
+    raise KeyError(method)
+
+
+def small(method, dataset):
+    s = SMALL[dataset]
+    teacher, natural = f"runs/{dataset}-pgd-at", f"runs/{dataset}-natural"
+    cfg = {"method": method, "dataset": dataset, "model": "smallcnn", "epochs": s["epochs"],
+           "optimizer": sgd(wd=5e-4), "attack": {"eps": s["eps"], "steps": 10}, "eval": {"n": 500, "pgd_steps": 20}}
+    if method in ("pgd-at", "trades", "natural"):
+        return cfg
+    cfg["teachers"] = [teacher] + ([natural] if method in ("iad-ii", "mtard") else [])
+    if method in ("dd", "takd"):
+        cfg.update({"model": "cwnet" if dataset != "digits" else "smallcnn", "optimizer": sgd(lr=0.01, wd=0.0,
+                    nesterov=True), "schedule": {"name": "constant"}, "augment": False,
+                    "method_params": {"T": 100.0} if method == "dd" else {"loss": "dd", "T": 20.0}})
+        cfg["teachers"] = [f"runs/{dataset}-dd-teacher"] if method == "dd" else [teacher]
+    return cfg
+
+
+HEADER = ("# kdbench config: {method} on {dataset} ({scale}).\n"
+          "# Generated by scripts/make_configs.py from the official defaults (docs/methods.md).\n"
+          "# Run: kdbench train --config configs/{method}/{dataset}.yaml --out runs/{dataset}-{method}\n")
+NOTES = {"dd": "# The teacher is trained first with the same file and no teacher: "
+               "kdbench train --config configs/dd/{dataset}.yaml --set teachers=[] --out runs/{dataset}-dd-teacher\n",
+         "takd": "# A chain: kdbench train --config configs/takd/{dataset}.yaml --set teachers=[] --chain 2 "
+                 "--out runs/{dataset}-takd   (--chain 6: the multi-step chain of seed 000)\n"}
+
+
+def main():
+    methods = ["natural", "pgd-at", "trades", "ard", "iad", "iad-ii", "rslad", "mtard", "adaad", "adaiad", "dd",
+               "takd"]
+    for m in methods:
+        for ds in ("cifar10", "cifar100", *SMALL):
+            cfg = paper(m, ds) if ds.startswith("cifar") else small(m, ds)
+            scale = "paper scale" if ds.startswith("cifar") else "small scale, offline"
+            p = ROOT / m / f"{ds}.yaml"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            text = HEADER.format(method=m, dataset=ds, scale=scale) + NOTES.get(m, "").format(dataset=ds)
+            p.write_text(text + yaml.safe_dump(cfg, sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

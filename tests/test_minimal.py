@@ -1,0 +1,153 @@
+"""Minimal-perturbation attacks on a model whose exact minimal L0, L2 and L-inf distances are
+known in closed form; sensitivity, confidence and the validity flags."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kdbench.attacks.cw import cw_l0, cw_l2, cw_linf, l0_pixels
+from kdbench.evaluate import evaluate
+from kdbench.evaluate.metrics import robust_accuracy_at
+
+
+class Lin2(nn.Module):
+    """logits (0, w.x + b): the decision boundary is the hyperplane w.x + b = 0."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w, requires_grad=False), nn.Parameter(torch.tensor(b), requires_grad=False)
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.manual_seed(0)
+    d = 16
+    w = torch.randn(d)
+    model = Lin2(w, 0.0)
+    x = 0.35 + 0.3 * torch.rand(24, 1, 4, 4)
+    z = x.flatten(1) @ w
+    y = (z > 0).long()  # all correctly classified
+    keep = z.abs() > 0.05
+    x, y, z = x[keep], y[keep], z[keep]
+    # exact minimal distances (the box does not bind for L2 / L-inf here: checked below)
+    l2 = z.abs() / w.norm()
+    linf = z.abs() / w.abs().sum()
+    # L0: pixel i can move z by |w_i| * room_i towards the boundary (room = 1 - x or x)
+    sign = -torch.sign(z)[:, None] * torch.sign(w)[None]  # direction each pixel should move
+    room = torch.where(sign > 0, 1 - x.flatten(1), x.flatten(1))
+    contrib = (w.abs()[None] * room).sort(1, descending=True).values.cumsum(1)
+    l0 = (contrib < z.abs()[:, None]).sum(1) + 1
+    assert (linf < 0.3).all()
+    return model, x, y, l2, linf, l0
+
+
+def test_cw_l2_finds_the_hyperplane(case):
+    model, x, y, l2, _, _ = case
+    xa, ok = cw_l2(model, x, y, steps=300, binary_steps=9)
+    d = (xa - x).flatten(1).norm(dim=1)
+    assert ok.all() and (model(xa).argmax(1) != y).all()
+    assert (d >= l2 * (1 - 1e-4)).all()  # never below the exact distance
+    assert (d / l2).mean() < 1.10  # close to it
+
+
+def test_cw_linf_finds_the_hyperplane(case):
+    model, x, y, _, linf, _ = case
+    xa, ok = cw_linf(model, x, y, steps=300)
+    d = (xa - x).flatten(1).abs().max(1).values
+    assert ok.all() and (model(xa).argmax(1) != y).all()
+    assert (d >= linf * (1 - 1e-4)).all()
+    assert (d / linf).mean() < 1.25  # tau shrinks by 0.9 per round: within ~1/0.9 of the optimum
+
+
+def test_cw_l0_counts_pixels_and_is_near_exact(case):
+    model, x, y, _, _, l0 = case
+    xa, ok = cw_l0(model, x, y, steps=300)
+    n = l0_pixels(xa - x)
+    assert ok.all() and (model(xa).argmax(1) != y).all()
+    assert (n >= l0).all()
+    assert (n.float() - l0.float()).mean() <= 1.5
+    # a pixel with any changed channel counts once
+    delta = torch.zeros(1, 3, 2, 2)
+    delta[0, :, 0, 0] = 0.5
+    delta[0, 1, 1, 1] = 0.2
+    assert l0_pixels(delta).item() == 2
+
+
+def test_evaluate_reports_rho_adv_and_derived_accuracy(case):
+    model, x, y, l2, linf, _ = case
+    r = evaluate(model, x, y, attacks=["cw-l2:steps=300", "cw-linf-min:steps=300"], eps=0.05, device="cpu",
+                 checks=False).to_dict()
+    mp = r["min_perturbation"]["cw-l2:steps=300"]
+    assert mp["norm"] == "L2" and mp["success_rate"] == 1.0
+    assert mp["mean"] == pytest.approx(l2.mean().item(), rel=0.1)
+    dl = r["per_sample"]["min_distance"]["cw-linf-min:steps=300"]
+    assert len(dl) == len(y) and all(math.isfinite(v) for v in dl)
+    # robust accuracy at eps derived from distances equals the exact one up to the attack's slack
+    exact = (linf > 0.05).float().mean().item()
+    assert robust_accuracy_at(dl, 0.05) == pytest.approx(exact, abs=2 / len(y))
+
+
+def test_sensitivity_known_gradient():
+    """A 1-pixel logistic model: d softmax_1 / dx = p (1 - p) * a, known exactly."""
+    a = 3.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2, bias=False))
+    model[1].weight.data = torch.tensor([[0.0], [a]])
+    x = torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1, 1)
+    y = torch.tensor([1, 1, 1])
+    r = evaluate(model, x, y, attacks=["fgsm"], eps=0.01, device="cpu", checks=False).to_dict()
+    p = torch.sigmoid(a * x.flatten())
+    expect = (p * (1 - p) * a).tolist()
+    assert r["per_sample"]["sensitivity"] == pytest.approx(expect, rel=1e-5)
+    assert r["sensitivity"]["mean"] == pytest.approx(sum(expect) / 3, rel=1e-5)
+    assert r["confidence"] == pytest.approx(p.mean().item(), rel=1e-5)  # all correct: mean top probability
+
+
+class Scaled(nn.Module):
+    def __init__(self, inner, s):
+        super().__init__()
+        self.inner, self.s = inner, s
+
+    def forward(self, x):
+        return self.inner(x) * self.s
+
+
+def test_saturated_logits_flagged_and_worst_case_unchanged(digits):
+    from kdbench.evaluate.cli import DEFAULT_WEIGHTS
+    from kdbench.models import load_model
+
+    base = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    kw = dict(dataset=digits, n=100, attacks=["pgd", "cw-linf", "apgd-t"], device="cpu", eps=0.2)
+    plain = evaluate(base, **kw).to_dict()
+    scaled = evaluate(Scaled(base, 10_000.0), **kw).to_dict()
+    names = {f["name"] for f in scaled["validity"]["flags"]}
+    assert {"zero_gradients", "ce_weaker_than_margin"} <= names
+    assert not {"zero_gradients", "ce_weaker_than_margin"} & {f["name"] for f in plain["validity"]["flags"]}
+    assert scaled["sensitivity"]["fraction_below_1e-10"] > 0.9
+    assert scaled["worst_case"]["robust_accuracy"] == plain["worst_case"]["robust_accuracy"]
+
+
+def test_probability_outputs_flagged(digits):
+    from kdbench.evaluate.cli import DEFAULT_WEIGHTS
+    from kdbench.models import load_model
+
+    base = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    r = evaluate(nn.Sequential(base, nn.Softmax(1)), dataset=digits, n=50, attacks=["fgsm"], device="cpu",
+                 checks=False).to_dict()
+    assert "outputs_are_probabilities" in {f["name"] for f in r["validity"]["flags"]}
+
+
+def test_budget_checks_on_a_healthy_model(digits):
+    from kdbench.evaluate.cli import DEFAULT_WEIGHTS
+    from kdbench.models import load_model
+
+    base = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    r = evaluate(base, dataset=digits, n=60, attacks=["pgd"], device="cpu", checks_n=60).to_dict()
+    bc = r["validity"]["budget_checks"]
+    curve = list(bc["curve"].values())
+    assert curve == sorted(curve, reverse=True) and bc["at_large_eps"] == 0.0
+    assert not [f for f in r["validity"]["flags"] if f["name"] in ("not_monotone_in_eps", "not_zero_at_large_eps")]
