@@ -117,6 +117,14 @@ def test_autoattack_equals_pyautoattack_direct(default_model, digits):
     assert r["attacks"]["autoattack"]["backend"] == "autoattack"
 
 
+def test_channels_last_changes_nothing_but_layout(default_model, digits):
+    kw = dict(dataset=digits, n=80, attacks=["fgsm", "pgd:random_start=false"], device="cpu", checks=False)
+    a = evaluate(default_model, **kw).to_dict()
+    b = evaluate(default_model, channels_last=True, **kw).to_dict()
+    assert a["per_sample"]["robust"] == b["per_sample"]["robust"] and b["config"]["channels_last"]
+    assert b["config"]["amp"] is False
+
+
 def test_same_seed_reproduces_exactly(default_model, digits):
     kw = dict(dataset=digits, n=100, attacks=["pgd", "apgd-ce", "square:n_queries=200"], device="cpu", seed=3)
     a, b = evaluate(default_model, **kw).to_dict(), evaluate(default_model, **kw).to_dict()

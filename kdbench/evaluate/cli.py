@@ -34,6 +34,8 @@ def add_evaluate(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--cascade", action="store_true", help="attack only points still robust (same worst case)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory layout (fast on CUDA); "
+                                                                "attacks always run in fp32")
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--db", default="kdbench.db", help="SQLite results store (default ./kdbench.db; '' for none)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from --db")
@@ -79,7 +81,8 @@ def cmd_evaluate(args) -> int:
     res = evaluate(lm.model, dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
-                   provenance={"model": lm.provenance()}, checks=not args.no_checks)
+                   provenance={"model": lm.provenance()}, checks=not args.no_checks,
+                   channels_last=args.channels_last)
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:

@@ -127,7 +127,8 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
              attacks: Optional[Sequence[str]] = None, suite: Optional[str] = None, eps: Optional[float] = None,
              norm: str = "Linf", batch_size: int = 256, device: str = "auto", seed: int = 0, cascade: bool = False,
              chunk_size: int = 1024, store=None, resume: bool = False, progress: bool = False,
-             provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200) -> EvalResult:
+             provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200,
+             channels_last: bool = False) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` (float in [0, 1], NCHW) or on ``dataset``'s test split
     (a seeded subset of ``n`` points).  See docs/results.md for the result schema."""
     t_start = datetime.now(timezone.utc)
@@ -159,6 +160,9 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
     dinfo = ddist.init_distributed("cuda" if str(device).startswith("cuda") else "cpu")
     dev = resolve_device(device, dinfo.local_rank)
     model = model.to(dev).eval()
+    if channels_last:  # a memory layout only: attacks still run in fp32 (no AMP)
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     counted = CountingModel(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -262,7 +266,8 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
     res = {"schema_version": SCHEMA_VERSION, "clean_accuracy": clean,
            "clean_ci95": list(metrics.wilson(sum(correct_list), n_total)), "n": n_total, "attacks": {},
            "config": {"eps": eps, "norm": norm, "attacks": specs, "cascade": cascade, "batch_size": batch_size,
-                      "chunk_size": chunk_size, "seed": seed, "num_classes": num_classes},
+                      "chunk_size": chunk_size, "seed": seed, "num_classes": num_classes,
+                      "channels_last": channels_last, "amp": False},
            "per_sample": {"labels": labels, "correct_clean": correct_list, "robust": {}},
            "validity": {"flags": []}}
     for name, pa in per_attack.items():
