@@ -11,6 +11,18 @@ os.environ.setdefault("KDBENCH_DATA_DIR", str(ROOT / ".pytest_cache" / "no-data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+class ModeSpy(torch.nn.Module):
+    """Wraps a model and records the train/eval mode of every forward pass."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.modes = inner, []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return self.inner(x)
+
+
 def run_cli(*args, timeout=600, env=None):
     """Run ``python -m kdbench ARGS``; returns the CompletedProcess (text)."""
     e = {**os.environ, **(env or {})}

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import ModeSpy
 
 from kdbench import losses
 from kdbench.config import TrainConfig
@@ -11,16 +12,6 @@ from kdbench.methods import AttackConfig, get_method
 from kdbench.models import build_model
 from kdbench.train import train
 from kdbench.train.chain import train_chain
-
-
-class Spy(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.modes = inner, []
-
-    def forward(self, x):
-        self.modes.append(self.training)
-        return self.inner(x)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +28,9 @@ TRAIN_MODE_ATTACK = {"ard": True, "iad": True, "iad-ii": True, "rslad": False, "
 @pytest.mark.parametrize("name", sorted(TRAIN_MODE_ATTACK))
 def test_inner_max_budget_box_and_mode(name, digits):
     torch.manual_seed(0)
-    student = Spy(build_model("smallcnn", 10, 1, 8)).train()
+    student = ModeSpy(build_model("smallcnn", 10, 1, 8)).train()
     n_t = get_method(name).teachers[0]
-    teachers = [Spy(build_model("smallcnn", 10, 1, 8)).eval() for _ in range(n_t)]
+    teachers = [ModeSpy(build_model("smallcnn", 10, 1, 8)).eval() for _ in range(n_t)]
     m = get_method(name)({}, AttackConfig(0.1, 0.025, 10), teachers, 10)
     m.begin_epoch(0, 10)
     x, y = digits.test.images(torch.arange(16)), digits.test.y[:16]

@@ -11,24 +11,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, ModeSpy, run_cli
 from kdbench.attacks.pgd import pgd
 from kdbench.config import TrainConfig
 from kdbench.methods import AttackConfig, get_method
 from kdbench.models import build_model
 from kdbench.train.engine import lr_at, resolve_config
-
-
-class ModeSpy(torch.nn.Module):
-    """Records the train/eval mode of every forward pass."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.modes = inner, []
-
-    def forward(self, x):
-        self.modes.append(self.training)
-        return self.inner(x)
 
 
 @pytest.mark.parametrize("method,n_adv_passes", [("pgd-at", 10), ("trades", 11)])
