@@ -10,6 +10,8 @@ the first argument being the target (teacher) distribution.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -175,3 +177,204 @@ def takd_loss(*, s_nat: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor, lam:
     """KD as in TAKD (Mirzadeh et al. 2019; methods.md 8.2):
     (1 - lambda) CE(S(x), y) + lambda T^2 KL(T^T(x) || S^T(x)) with element-wise mean."""
     return (1 - lam) * F.cross_entropy(s_nat, y) + lam * T * T * kl(t_nat.detach(), s_nat, T=T, reduction="mean")
+
+
+# ------------------------------------------------------------------------------------------
+# Distillation objectives II (DARHT, SmaraAD, AGKD-BML; methods.md sections 6, 7, 9)
+# ------------------------------------------------------------------------------------------
+
+def darht_weights(teachers, y: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """DARHT's teacher weights from each teacher's mean cross-entropy on the batch (seed 001,
+    section 3): w_j = exp(-CE_j) / sum_j' exp(-CE_j') (the paper) or exp(-CE_j) unnormalised
+    (the released code, methods.md 6.3).  No gradient."""
+    ce = torch.stack([F.cross_entropy(t.detach().float(), y) for t in teachers])
+    return torch.softmax(-ce, 0) if normalise else torch.exp(-ce)
+
+
+def darht_loss(*, s_adv: torch.Tensor, stf: torch.Tensor, t_adv, y: torch.Tensor, ce: float = 1.0,
+               kd: float = 1.0, normalise: bool = True, kl_direction: str = "student") -> torch.Tensor:
+    """DARHT (seed 001, Eq. 1): ce * CE(S(x~), y) + kd * sum_j w_j KL_j on the batch x~ actually
+    used (clean or adversarial, so ``s_adv``/``t_adv`` name whichever it was).
+
+    ``stf`` is the student-teacher feature map, B x (J*C) or B x J x C (teacher j's block is
+    ``stf[:, j]``); ``t_adv`` the list of the J teachers' logits.  KL_j is batchmean at temperature 1:
+    KL(softmax(S^(T_j)) || softmax(T_j)) for ``kl_direction="student"`` (the paper's formula) or
+    KL(softmax(T_j) || softmax(S^(T_j))) for ``"teacher"`` (the released code).  The weights come
+    from :func:`darht_weights`."""
+    J = len(t_adv)
+    stf = stf.reshape(stf.shape[0], J, -1)
+    w = darht_weights(t_adv, y, normalise)
+    terms = []
+    for j, t in enumerate(t_adv):
+        if kl_direction == "student":
+            terms.append(kl(stf[:, j], t.detach(), reduction="batchmean"))
+        elif kl_direction == "teacher":
+            terms.append(kl(t.detach(), stf[:, j], reduction="batchmean"))
+        else:
+            raise ValueError(f"kl_direction must be 'student' or 'teacher', got {kl_direction!r}")
+    loss = kd * (w * torch.stack(terms)).sum()
+    if ce:
+        loss = loss + ce * F.cross_entropy(s_adv, y)
+    return loss
+
+
+def soft_rank(v: torch.Tensor, gamma: float = 1000.0) -> torch.Tensor:
+    """Differentiable descending rank over the last dimension (SmaraAD Eq. 4; methods.md 7.1):
+    r_i = sum_j sigmoid(gamma (v_j - v_i)); the largest entry gets about 1/2, the smallest n - 1/2."""
+    return torch.sigmoid(gamma * (v.unsqueeze(-2) - v.unsqueeze(-1))).sum(-1)
+
+
+def soft_spearman(u: torch.Tensor, v: torch.Tensor, gamma: float = 1000.0) -> torch.Tensor:
+    """Spearman correlation of soft ranks over the last dimension (the classes of one sample;
+    SmaraAD Eq. 2-3): rho = 1 - 6 sum_i (r_i(u) - r_i(v))^2 / (n (n^2 - 1)).  Returns one rho per row."""
+    n = u.shape[-1]
+    d = soft_rank(u, gamma) - soft_rank(v, gamma)
+    return 1 - 6 * (d * d).sum(-1) / (n * (n * n - 1))
+
+
+def cam(fmap: torch.Tensor, weight: torch.Tensor, cls: torch.Tensor, size=None, norm: str = "minmax"
+        ) -> torch.Tensor:
+    """Class activation map (Zhou et al. 2016; SmaraAD Eq. 6): CAM_c = sum_k w_c^k A^k over the
+    channels k of the last convolutional feature map ``fmap`` (B x K x h x w), with ``weight`` the
+    classifier's C x K matrix and ``cls`` one class per sample.  ``size`` resizes bilinearly
+    (SmaraAD's G); ``norm="minmax"`` scales each map to [0, 1] (kdbench's choice: it makes maps of
+    different architectures comparable; ``"none"`` keeps raw values).  Returns B x h x w."""
+    m = torch.einsum("bkhw,bk->bhw", fmap, weight[cls].to(fmap.dtype))
+    if size is not None and tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    return minmax(m) if norm == "minmax" else m
+
+
+def minmax(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample min-max scaling of B x ... maps to [0, 1] (a constant map becomes 0)."""
+    flat = m.flatten(1)
+    lo = flat.min(1, keepdim=True).values
+    hi = (flat - lo).max(1, keepdim=True).values
+    return ((flat - lo) / (hi + eps)).view_as(m)
+
+
+def align_loss(cam_s: torch.Tensor, cam_t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """SmaraAD's L_align (Eq. 7): mean squared difference of two CAMs over the W x H map,
+    resized to the teacher's size when they differ; ``reduction="none"`` gives one value per sample.
+    Nothing is detached (the inner maximisation differentiates through both maps)."""
+    if cam_s.shape[-2:] != cam_t.shape[-2:]:
+        cam_s = F.interpolate(cam_s.unsqueeze(1), size=cam_t.shape[-2:], mode="bilinear",
+                              align_corners=False).squeeze(1)
+    per = (cam_s - cam_t).pow(2).flatten(1).mean(1)
+    return per if reduction == "none" else per.mean()
+
+
+def slack_matching(s: torch.Tensor, t: torch.Tensor, gamma: float = 1000.0, reduction: str = "mean"
+                   ) -> torch.Tensor:
+    """SmaraAD's L_sm (Eq. 5): -rho(softmax(S), softmax(T)) per sample, on the predicted
+    probabilities; the teacher side is detached."""
+    per = -soft_spearman(F.softmax(s, dim=1), F.softmax(t.detach(), dim=1), gamma)
+    return per if reduction == "none" else per.mean()
+
+
+def smaraad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
+                 cam_s_nat: torch.Tensor | None = None, cam_s_adv: torch.Tensor, cam_t_nat: torch.Tensor | None = None,
+                 cam_t_adv: torch.Tensor, c: float = 2.0, alpha: float = 1.0, gamma: float = 1000.0) -> torch.Tensor:
+    """SmaraAD (seed 002, Eq. 9): c + (1 - alpha)(L_sm(x) + L_align(x)) + alpha (L_sm(x') + L_align(x')),
+    with c = 2 keeping the loss positive and alpha = 1 (only the adversarial terms carry weight)."""
+    loss = c + alpha * (slack_matching(s_adv, t_adv, gamma) + align_loss(cam_s_adv, cam_t_adv))
+    if alpha != 1:
+        loss = loss + (1 - alpha) * (slack_matching(s_nat, t_nat, gamma) + align_loss(cam_s_nat, cam_t_nat))
+    return loss
+
+
+def entropy_weight(logits: torch.Tensor) -> torch.Tensor:
+    """SmaraAD++'s sample weight (seed 002, section 3.4): w = clamp(1 - H(P) / log C, 0, 1), no gradient."""
+    p = F.softmax(logits.detach().float(), dim=1)
+    h = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+    return (1 - h / math.log(logits.shape[1])).clamp(0, 1)
+
+
+def smaraadpp_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_adv: torch.Tensor, y: torch.Tensor,
+                   cam_s_adv: torch.Tensor, cam_t_adv: torch.Tensor, lam: float = 0.1, gamma: float = 1000.0,
+                   entropy_of: str = "teacher", self_term: str = "intent") -> torch.Tensor:
+    """SmaraAD++ (seed 002, Eq. 10), per sample then averaged:
+    g w (L_sm(x') + L_align(x')) + (1 - g) (L_self + CE(S(x), y)),  g = P_T(y | x')^lambda.
+
+    ``w`` is :func:`entropy_weight` of the teacher on x' (``entropy_of="student"``: the student's).
+    L_self is -rho(S(x), S(x')) (``self_term="intent"``, slack matching between the student's clean
+    and adversarial outputs) or +rho(S(x), S(x')) as printed (``"printed"``, which rewards
+    decorrelation); docs/methods.md gives the reasoning."""
+    g = iad_trust(t_adv, y, lam)
+    w = entropy_weight(t_adv if entropy_of == "teacher" else s_adv)
+    teach = slack_matching(s_adv, t_adv, gamma, reduction="none") + align_loss(cam_s_adv, cam_t_adv, "none")
+    rho = soft_spearman(F.softmax(s_nat, dim=1), F.softmax(s_adv, dim=1), gamma)
+    if self_term == "intent":
+        self_ = -rho
+    elif self_term == "printed":
+        self_ = rho
+    else:
+        raise ValueError(f"self_term must be 'intent' or 'printed', got {self_term!r}")
+    own = self_ + F.cross_entropy(s_nat, y, reduction="none")
+    return (g * w * teach + (1 - g) * own).mean()
+
+
+def attention_map(fmap: torch.Tensor) -> torch.Tensor:
+    """AGKD-BML's class-irrelevant attention map (methods.md 9.3): the channel sum of the last
+    feature map, min-max scaled per sample to [0, 1].  B x K x h x w -> B x h x w."""
+    return minmax(fmap.sum(1))
+
+
+def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.5) -> torch.Tensor:
+    """AGKD-BML's label-smoothed CE (methods.md 9.3): target 1 - s on y and s / (C - 1) on every
+    other class (not PyTorch's ``label_smoothing``, which spreads s over all C classes)."""
+    C = logits.shape[1]
+    target = torch.full_like(logits, smoothing / (C - 1)).scatter(1, y[:, None], 1 - smoothing)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def mart_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
+    """MART (Wang et al. 2020) as in AGKD-BML's ``utils.py`` (methods.md 9.3):
+    NLL(log(1.0001 - p_adv + 1e-12), y~) with y~ the top non-true class of p_adv, plus
+    beta (1/B) sum KL(p_nat || p_adv) (1.0000001 - p_nat,y), gradient through both distributions."""
+    p_adv = F.softmax(s_adv, dim=1)
+    p_nat = F.softmax(s_nat, dim=1)
+    top2 = p_adv.argsort(1)[:, -2:]
+    y_wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    bce = F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), y_wrong)
+    kl_per = (p_nat * (torch.log(p_nat + 1e-12) - torch.log(p_adv + 1e-12))).sum(1)
+    true_nat = p_nat.gather(1, y[:, None]).squeeze(1)
+    return bce + beta * (kl_per * (1.0000001 - true_nat)).mean()
+
+
+def angular_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """D(u, v) = 1 - |cos(u, v)| with the cosine clipped at 1 (AGKD-BML; methods.md 9.3)."""
+    cos = F.cosine_similarity(u, v, dim=1, eps=1e-8).clamp(max=1.0)
+    return 1 - cos.abs()
+
+
+def bml_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.03,
+                lam2: float = 1e-3) -> torch.Tensor:
+    """AGKD-BML's bi-directional angular triplet (methods.md 9.3): mean_b max(0, m + D(a, p) - D(a, n))
+    + lam2 (mean(a^2) + mean(p^2) + mean(n^2))."""
+    hinge = F.relu(margin + angular_distance(anchor, positive) - angular_distance(anchor, negative)).mean()
+    return hinge + lam2 * (anchor.pow(2).mean() + positive.pow(2).mean() + negative.pow(2).mean())
+
+
+def agkd_bml_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, fm_s_adv: torch.Tensor,
+                  fm_t_nat: torch.Tensor, fm_s_back: torch.Tensor, fm_t_back: torch.Tensor, e_nat: torch.Tensor,
+                  e_adv: torch.Tensor, e_back: torch.Tensor, smoothing: float = 0.5, beta: float = 6.0,
+                  lam1: float = 2.0, margin: float = 0.03, lam2: float = 1e-3) -> torch.Tensor:
+    """AGKD-BML (Wang et al. 2021; methods.md 9.3):
+    CE_ls(S(x1'), y) + MART(S(x1), S(x1'), y) + |A(F_S(x1')) - A(F_T(x1))|_1 + |A(F_S(x2')) - A(F_T(x2))|_1
+    + lam1 * triplet(e(x1'), e(x1), e(x2')).
+
+    ``fm_*`` are last feature maps (student on x1' and the backward x2', teacher on x1 and x2,
+    the teacher's detached), ``e_*`` the student's penultimate embeddings; L1 terms are means over
+    B x h x w (the student's maps are resized to the teacher's when they differ)."""
+
+    def att_l1(fs, ft):
+        a_s, a_t = attention_map(fs), attention_map(ft.detach())
+        if a_s.shape[-2:] != a_t.shape[-2:]:
+            a_s = F.interpolate(a_s.unsqueeze(1), size=a_t.shape[-2:], mode="bilinear",
+                                align_corners=False).squeeze(1)
+        return (a_s - a_t).abs().mean()
+
+    return (label_smoothing_ce(s_adv, y, smoothing) + mart_loss(s_nat=s_nat, s_adv=s_adv, y=y, beta=beta)
+            + att_l1(fm_s_adv, fm_t_nat) + att_l1(fm_s_back, fm_t_back)
+            + lam1 * bml_triplet(e_adv, e_nat, e_back, margin, lam2))

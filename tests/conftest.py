@@ -8,7 +8,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("KDBENCH_DATA_DIR", str(ROOT / ".pytest_cache" / "no-data"))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("KDBENCH_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 class ModeSpy(torch.nn.Module):

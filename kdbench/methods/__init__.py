@@ -61,10 +61,22 @@ class Method:
 
     def loss(self, student: nn.Module, x: torch.Tensor, x_adv: Optional[torch.Tensor], y: torch.Tensor
              ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Outer loss; returns (loss, logits used for the running training accuracy)."""
+        """Outer loss; returns (loss, logits used for the running training accuracy); a loss of
+        None skips the batch (no optimizer step)."""
         raise NotImplementedError
 
     # --- optional hooks ------------------------------------------------------------------
+    @classmethod
+    def build_student(cls, model: nn.Module, params: Dict[str, Any], num_teachers: int, num_classes: int
+                      ) -> nn.Module:
+        """Architecture changes the method makes to the student (DARHT's STF head).  Also applied
+        when a run directory is loaded, so the checkpoint loads into the right module."""
+        return model
+
+    def prepare(self, student: nn.Module, train_set, augment, fresh: bool) -> None:
+        """Called once before training with the bare student, the training images (an ImageSet)
+        and the train augmentation; ``fresh`` is False when resuming or with ``init_from``."""
+
     def begin_epoch(self, epoch: int, epochs: int, lr_scale: float = 1.0) -> None:
         """Called before each epoch; ``lr_scale`` is the current lr over the base lr."""
         self.epoch = epoch
@@ -91,4 +103,4 @@ def get_method(name: str):
     return METHODS.get(name)
 
 
-from . import adaad, ard, dd, iad, mtard, natural, pgd_at, rslad, takd, trades  # noqa: E402,F401  (registration)
+from . import adaad, agkd_bml, ard, darht, dd, iad, mtard, natural, pgd_at, rslad, smaraad, takd, trades  # noqa: E402,F401  (registration)

@@ -49,7 +49,11 @@ class KDModel(nn.Module):
     def embed(self, fmap: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, 1), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits; ``features=True`` returns :meth:`forward_all`'s ModelOutput instead (a keyword,
+        so feature access passes through DistributedDataParallel's forward)."""
+        if features:
+            return self.forward_all(x)
         return self.classifier(self.embed(self.features(x)))
 
     def forward_all(self, x: torch.Tensor) -> ModelOutput:
@@ -86,7 +90,7 @@ def forward_all(model: nn.Module, x: torch.Tensor) -> ModelOutput:
     """Feature map, embedding and logits of any model (hooks for non-KDModels)."""
     inner = unwrap(model)
     if isinstance(inner, KDModel):
-        return inner.forward_all(x)
+        return model(x, features=True)
     conv, lin = last_module(inner, nn.Conv2d), last_module(inner, nn.Linear)
     if conv is None or lin is None:
         raise ValueError(f"{type(inner).__name__}: need an nn.Conv2d and an nn.Linear for feature access")

@@ -59,7 +59,9 @@ class ViT(KDModel):
     def features(self, x):
         return self._grid(self._tokens(x))
 
-    def forward(self, x):
+    def forward(self, x, features: bool = False):
+        if features:
+            return self.forward_all(x)
         return self.head(self._tokens(x)[:, 0])
 
     def forward_all(self, x):

@@ -199,7 +199,9 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     torch.manual_seed(cfg.seed + dinfo.rank)
     info = dataset.info
     teachers = load_teachers(cfg.teachers, dataset, device)
+    method_cls = get_method(cfg.method)
     student = build_model(cfg.model, info.num_classes, info.in_channels, info.input_size, **cfg.model_kwargs)
+    student = method_cls.build_student(student, dict(cfg.method_params), len(teachers), info.num_classes)
     if cfg.init_from:
         from ..models import is_run_dir
         from ..weights import load_weights
@@ -210,7 +212,9 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     attack = AttackConfig(cfg.attack.eps, cfg.attack.step_size, cfg.attack.steps)
-    method = get_method(cfg.method)(dict(cfg.method_params), attack, teachers, info.num_classes)
+    method = method_cls(dict(cfg.method_params), attack, teachers, info.num_classes)
+    augment = info.augment if cfg.augment is not False else None
+    method.prepare(student, train_set, augment, fresh=not cfg.init_from and not (resume and state_path.exists()))
     optimizer = make_optimizer(cfg, student.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     wrapped = student
@@ -261,7 +265,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                 task = bar.add_task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", total=n_batches, stats="")
                 loss_sum = correct = seen = 0.0
                 for x, y in iterate(train_set, cfg.batch_size, device, indices=order, generator=gen,
-                                    augment=info.augment if cfg.augment is not False else None):
+                                    augment=augment):
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with autocast():
@@ -269,6 +273,9 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                     student.train()
                     with autocast():
                         loss, logits = method.loss(wrapped, x, x_adv, y)
+                    if loss is None:  # the method skips this batch (DARHT's released skip-if-CE>8)
+                        bar.update(task, advance=1)
+                        continue
                     if not torch.isfinite(loss):
                         raise KdbenchError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning "
                                            f"rate (the last good checkpoint is kept in {out})")
@@ -281,7 +288,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                     seen += len(y)
                     bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
                 loss_sum, correct, seen = ddist.all_sum([loss_sum, correct, seen], dinfo, device)
-                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                        "student_forward_images": counter_s.take(), "teacher_forward_images": counter_t.take()}
                 if cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
                     rec.update(monitor(student, dataset, eval_idx, cfg.attack.eps, cfg.eval.pgd_steps,

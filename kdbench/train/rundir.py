@@ -44,6 +44,11 @@ def load_run_model(run_dir, weights: Optional[str] = None):
     info = cfg["dataset_info"]
     model = build_model(cfg["model"], info["num_classes"], info["in_channels"], info["input_size"],
                         **(cfg.get("model_kwargs") or {}))
+    if cfg.get("method"):
+        from ..methods import get_method
+
+        model = get_method(cfg["method"]).build_student(model, cfg.get("method_params") or {},
+                                                        len(cfg.get("teachers") or []), info["num_classes"])
     path = Path(weights) if weights else run_weights(run_dir)
     sha = load_weights(unwrap(model), path)
     lm = LoadedModel(model, str(run_dir), arch=cfg["model"], weights=str(path), weights_sha256=sha, info=info)
