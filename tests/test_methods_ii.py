@@ -232,3 +232,52 @@ def test_one_epoch_on_digits_beats_chance(name, who, teachers, tmp_path):
     lm = load_model(str(tmp_path / name))  # the run directory reloads (DARHT: with its STF head)
     if name == "darht":
         assert isinstance(lm.model, STFStudent) and lm.model.num_teachers == 2
+
+
+def test_knn_accuracy_hand_example():
+    from kdbench.evaluate.distill import knn_accuracy
+
+    ref = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1]])
+    ref_y = torch.tensor([0, 0, 1, 1, 1])
+    q, y = torch.tensor([[0.05], [5.05], [0.16]]), torch.tensor([0, 1, 1])
+    assert knn_accuracy(ref, ref_y, q, y, k=1) == 1.0
+    assert knn_accuracy(ref, ref_y, q, y, k=3) == pytest.approx(2 / 3)  # 0.16: 0.2, 0.1, 0.0 -> class 0
+    assert knn_accuracy(ref, ref_y, q, y, k=5) == pytest.approx(2 / 3)  # all five: class 1 for every query
+
+
+def test_distillation_metrics_of_a_model_against_itself(digits_teacher, digits):
+    """Student = teacher: agreement 1, every adversarial example transfers, CAMs coincide and the
+    transfer attack equals the white-box attack (same seed, same examples)."""
+    from kdbench.evaluate.distill import distillation_metrics
+
+    m = load_model(str(digits_teacher)).model
+    x, y = digits.test.images(torch.arange(120)), digits.test.y[:120]
+    d = distillation_metrics(m, [m], x, y, eps=0.1, train_x=digits.train.images(torch.arange(600)),
+                             train_y=digits.train.y[:600], teacher_names=["self"])
+    t = d["teachers"]["self"]
+    assert t["agreement"] == {"clean": 1.0, "adversarial": 1.0}
+    assert t["transferability"]["rate"] == 1.0 and t["transferability"]["points"] > 0
+    assert t["transfer_attack"]["robust_accuracy"] == pytest.approx(d["student_pgd_accuracy"])
+    assert t["cam_similarity"]["cosine"] == pytest.approx(1.0, abs=1e-5) and t["cam_similarity"]["mse"] < 1e-10
+    assert 0.5 < d["knn"]["clean"] <= 1 and d["knn"]["pgd"] < d["knn"]["clean"]
+
+
+def test_evaluate_cli_reports_distillation_metrics(teachers, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    run = tmp_path / "rslad"
+    train(TrainConfig(method="rslad", dataset="digits", epochs=1, teachers=[teachers["pgd-at"]]), run,
+          progress=False)
+    out = tmp_path / "r.json"
+    r = run_cli("evaluate", "--model", run, "--n", 60, "--attacks", "fgsm", "--db", "", "--no-checks", "--out", out,
+                "--tsne", tmp_path / "t.png", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())["distillation"]
+    t = d["teachers"][teachers["pgd-at"]]
+    assert set(t) >= {"agreement", "transferability", "transfer_attack", "cam_similarity"}
+    assert 0 <= t["agreement"]["clean"] <= 1 and d["knn"]["k"] == 50
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    r = run_cli("evaluate", "--model", "smallcnn", "--dataset", "digits", "--tsne", tmp_path / "u.png")
+    assert r.returncode == 2 and "--tsne needs a teacher" in r.stderr

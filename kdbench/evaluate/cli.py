@@ -40,6 +40,12 @@ def add_evaluate(sub):
     p.add_argument("--db", default="kdbench.db", help="SQLite results store (default ./kdbench.db; '' for none)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from --db")
     p.add_argument("--no-checks", action="store_true", help="skip the eps-sweep / convergence validity checks")
+    p.add_argument("--teacher", action="append", dest="teachers", metavar="SPEC",
+                   help="teacher model (repeat): adds the distillation metrics (agreement, transferability, "
+                        "transfer attack, CAM similarity, k-NN); default for a run dir: its teachers")
+    p.add_argument("--no-teachers", action="store_true", help="skip the distillation metrics of a run's teachers")
+    p.add_argument("--knn-reference", type=int, default=5000, help="training images for the k-NN metric (0: none)")
+    p.add_argument("--tsne", metavar="PNG", help="with teachers: write a t-SNE plot of clean and PGD-20 embeddings")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -76,13 +82,24 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.exists():
         raise KdbenchError(f"--out directory does not exist: {out.parent}")
+    teacher_specs = args.teachers
+    if teacher_specs is None and is_run_dir(model_spec) and not args.no_teachers:
+        teacher_specs = read_run_config(model_spec).get("teachers") or None
+    teachers = []
+    for spec in (teacher_specs or []) if not args.no_teachers else []:
+        teachers.append(load_model(spec, info.num_classes, info.in_channels, info.input_size).model)
+    if args.tsne and not teachers:
+        raise KdbenchError("--tsne needs a teacher (--teacher SPEC, or a run directory with teachers)")
+    if args.tsne and not Path(args.tsne).parent.exists():
+        raise KdbenchError(f"--tsne directory does not exist: {Path(args.tsne).parent}")
     store = ResultStore(args.db) if args.db else None
     attacks = split_attacks(args.attacks) if args.attacks else None
     res = evaluate(lm.model, dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
                    provenance={"model": lm.provenance()}, checks=not args.no_checks,
-                   channels_last=args.channels_last)
+                   channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_specs,
+                   knn_reference=args.knn_reference, tsne=args.tsne)
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -134,5 +151,22 @@ def print_table(r: dict) -> None:
             c.print(f"[bold red]validity flag[/bold red] {f['name']}: {f['message']}")
     else:
         c.print("validity flags: none")
+    if r.get("distillation"):
+        d = r["distillation"]
+        m = Table(title="distillation metrics (student vs teacher, PGD-20 on the student)")
+        for col in ("teacher", "teacher clean", "agree clean", "agree adv", "transfer rate", "transfer-attack acc",
+                    "CAM cosine"):
+            m.add_column(col, justify="left" if col == "teacher" else "right")
+        for name, v in d["teachers"].items():
+            m.add_row(name, f"{v['teacher_clean_accuracy']:.1%}", f"{v['agreement']['clean']:.1%}",
+                      f"{v['agreement']['adversarial']:.1%}", f"{v['transferability']['rate']:.1%}",
+                      f"{v['transfer_attack']['robust_accuracy']:.1%}", f"{v['cam_similarity']['cosine']:.3f}")
+        c.print(m)
+        if "knn" in d:
+            k = d["knn"]
+            c.print(f"k-NN (k={k['k']}, {k['reference']} training images): clean {k['clean']:.1%} "
+                    f"(softmax {k['softmax_clean']:.1%}), PGD-20 {k['pgd']:.1%} (softmax {k['softmax_pgd']:.1%})")
+        if "tsne" in d:
+            c.print(f"t-SNE plot: {d['tsne']}")
     if "store_id" in r:
         c.print(f"stored as result #{r['store_id']}")

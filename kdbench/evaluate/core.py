@@ -128,9 +128,13 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
              norm: str = "Linf", batch_size: int = 256, device: str = "auto", seed: int = 0, cascade: bool = False,
              chunk_size: int = 1024, store=None, resume: bool = False, progress: bool = False,
              provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200,
-             channels_last: bool = False) -> EvalResult:
+             channels_last: bool = False, teachers: Optional[Sequence[nn.Module]] = None,
+             teacher_names: Optional[Sequence[str]] = None, knn_reference: Optional[int] = 5000,
+             tsne: Optional[str] = None) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` (float in [0, 1], NCHW) or on ``dataset``'s test split
-    (a seeded subset of ``n`` points).  See docs/results.md for the result schema."""
+    (a seeded subset of ``n`` points).  With ``teachers``, the distillation metrics of
+    :mod:`kdbench.evaluate.distill` are added under ``distillation`` (k-NN on ``knn_reference``
+    training images when a dataset is given; ``tsne`` a PNG path).  See docs/results.md."""
     t_start = datetime.now(timezone.utc)
     if batch_size is None or batch_size <= 0:
         raise KdbenchError(f"batch size must be positive, got {batch_size}")
@@ -303,6 +307,17 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
                          "dataset": data_prov, "world_size": dinfo.world, **(provenance or {}),
                          "start_time": t_start.isoformat(), "end_time": datetime.now(timezone.utc).isoformat(),
                          "key": key}
+    if teachers:
+        from .distill import distillation_metrics
+
+        train_x = train_y = None
+        if dataset is not None and knn_reference and ds.train is not None:
+            ridx, _ = ds.eval_indices(min(knn_reference, len(ds.train)), seed=0, split="train")
+            train_x, train_y = ds.train.images(ridx), ds.train.y[ridx]
+        res["distillation"] = distillation_metrics(
+            model, list(teachers), x, y, eps=eps, norm=norm, dev=dev, batch_size=batch_size, seed=seed,
+            train_x=train_x, train_y=train_y, teacher_names=list(teacher_names) if teacher_names else None,
+            tsne_path=tsne)
     result = EvalResult(res)
     if store is not None and dinfo.main:
         res["store_id"] = store.finish(key, res)

@@ -23,35 +23,8 @@ import torch
 
 from .. import losses
 from ..attacks.pgd import mode, pgd
-from ..errors import KdbenchError
-from ..models import classifier_of, forward_all
+from ..models.cam import cam_pair
 from . import METHODS, Method
-
-
-def cam_pair(student, teacher, x, y, cam_class="label", norm="minmax"):
-    """(student logits, teacher logits, student CAM, teacher CAM) on x, CAMs at a common size."""
-    so, to = forward_all(student, x), forward_all(teacher, x)
-    maps = []
-    for out, model in ((so, student), (to, teacher)):
-        w = classifier_of(model).weight
-        if w.shape[1] != out.feature_map.shape[1]:
-            raise KdbenchError(f"CAM: {type(model).__name__}'s classifier takes {w.shape[1]} features but its "
-                               f"last feature map has {out.feature_map.shape[1]} channels; CAMs need a classifier "
-                               "on the pooled last feature map (smallcnn, resnet, wrn, mobilenetv2, vit)")
-        maps.append((out, w))
-    size = max((tuple(o.feature_map.shape[-2:]) for o, _ in maps), key=lambda s: s[0] * s[1])
-    cams = []
-    for out, w in maps:
-        if cam_class == "label":
-            cls = y
-        elif cam_class == "pred":
-            cls = out.logits.argmax(1)
-        elif cam_class == "teacher":
-            cls = to.logits.argmax(1)
-        else:
-            raise KdbenchError(f"cam_class must be label, pred or teacher, got {cam_class!r}")
-        cams.append(losses.cam(out.feature_map, w, cls.detach(), size, norm))
-    return so.logits, to.logits, cams[0], cams[1]
 
 
 class _Smara(Method):

@@ -288,7 +288,8 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                     seen += len(y)
                     bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
                 loss_sum, correct, seen = ddist.all_sum([loss_sum, correct, seen], dinfo, device)
-                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                seen = max(seen, 1)  # every batch may have been skipped (DARHT's skip_ce)
+                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                        "student_forward_images": counter_s.take(), "teacher_forward_images": counter_t.take()}
                 if cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
                     rec.update(monitor(student, dataset, eval_idx, cfg.attack.eps, cfg.eval.pgd_steps,
