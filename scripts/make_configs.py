@@ -63,6 +63,21 @@ def paper(method, dataset):
                 "epochs": 50, "augment": False, "optimizer": sgd(lr=0.01, wd=0.0, nesterov=True),
                 "schedule": {"name": "constant"}, "eval": {"n": 1000, "pgd_steps": 20, "select": "clean"},
                 "method_params": {"T": 100.0} if method == "dd" else {"loss": "dd", "T": 20.0}}
+    if method == "darht":  # paper (seed 001, section 4): 100 epochs, lr 0.1, wd 2e-4; code: batch 256, step 0.003
+        vit = f"runs/{dataset}-vit-pgd-at"  # configs/pgd-at/{dataset}-vit.yaml
+        teachers = [C100_TEACHER, vit] if c100 else [C10_TEACHER, "robustbench:cifar10/Linf/Chen2021LTD_WRN34_20", vit]
+        return {**base, "teachers": teachers, "epochs": 100, "batch_size": 256, "optimizer": sgd(wd=2e-4),
+                "schedule": {"name": "multistep", "milestones": [50, 75], "gamma": 0.1},
+                "attack": {"eps": 0.031, "step_size": 0.003, "steps": 10},
+                "method_params": {"samples": 4, "dropout": 0.1, "normalise_weights": True, "kl_direction": "student"}}
+    if method in ("smaraad", "smaraadpp"):  # seed 002, section 4.1
+        return {**base, "teachers": [C100_LTD if c100 else C10_TEACHER], "epochs": 200, "batch_size": 256,
+                "optimizer": sgd(wd=5e-4), "schedule": {"name": "multistep", "milestones": [115, 160, 185], "gamma": 0.1}}
+    if method == "agkd-bml":  # official code (CIFAR-10 only): WRN-28-10 from a natural WRN-28-10, inputs in [-1, 1]
+        return {**base, "model": "wrn-28-10", "model_kwargs": {"mean": [0.5] * 3, "std": [0.5] * 3},
+                "teachers": [f"runs/{dataset}-natural-wrn-28-10"], "epochs": 200, "optimizer": sgd(wd=2e-4),
+                "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1},
+                "eval": {"n": 1000, "pgd_steps": 20, "select": "clean"}}
     if method in ("pgd-at", "trades", "natural"):
         cfg = {**base, "model": "preact-resnet18", "epochs": 200, "optimizer": sgd(wd=5e-4),
                "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1}}
@@ -84,6 +99,10 @@ def small(method, dataset):
     if method in ("pgd-at", "trades", "natural"):
         return cfg
     cfg["teachers"] = [teacher] + ([natural] if method in ("iad-ii", "mtard") else [])
+    if method == "darht":  # heterogeneous: a CNN and a ViT teacher (configs/pgd-at/<dataset>-vit.yaml)
+        cfg["teachers"] = [teacher, f"runs/{dataset}-vit-pgd-at"]
+    if method == "agkd-bml":
+        cfg["teachers"] = [natural]
     if method in ("dd", "takd"):
         cfg.update({"model": "cwnet" if dataset != "digits" else "smallcnn", "optimizer": sgd(lr=0.01, wd=0.0,
                     nesterov=True), "schedule": {"name": "constant"}, "augment": False,
@@ -103,7 +122,13 @@ NOTES = {"dd": "# The teacher is trained first with the same file and no teacher
 
 def main():
     methods = ["natural", "pgd-at", "trades", "ard", "iad", "iad-ii", "rslad", "mtard", "adaad", "adaiad", "dd",
-               "takd"]
+               "takd", "darht", "smaraad", "smaraadpp", "agkd-bml"]
+    for ds in ("cifar10", "cifar100", *SMALL):  # the ViT teachers of DARHT's heterogeneous setting
+        cfg = paper("pgd-at", ds) if ds.startswith("cifar") else small("pgd-at", ds)
+        cfg["model"] = "vit"
+        text = HEADER.format(method="pgd-at", dataset=ds, scale="a ViT teacher for DARHT").replace(
+            f"runs/{ds}-pgd-at", f"runs/{ds}-vit-pgd-at").replace(f"{ds}.yaml", f"{ds}-vit.yaml")
+        (ROOT / "pgd-at" / f"{ds}-vit.yaml").write_text(text + yaml.safe_dump(cfg, sort_keys=False))
     for m in methods:
         for ds in ("cifar10", "cifar100", *SMALL):
             cfg = paper(m, ds) if ds.startswith("cifar") else small(m, ds)
