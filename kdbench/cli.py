@@ -1,4 +1,4 @@
-"""The ``kdbench`` command line: ``train``, ``evaluate``, ``list``.
+"""The ``kdbench`` command line: ``train``, ``evaluate``, ``list``, ``plot``, ``leaderboard``, ``check``.
 
 Bad input prints one line (``kdbench: error: ...``) and exits with status 2, no traceback.
 """
@@ -114,6 +114,76 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _add_leaderboard(sub):
+    p = sub.add_parser("leaderboard", help="standardized tables (CSV, markdown, JSON) from the results store",
+                       description="Build a leaderboard from the results store: one row per model (run name), "
+                                   "sorted by AutoAttack robust accuracy.")
+    p.add_argument("--db", default="kdbench.db", help="SQLite results store (kdbench evaluate --db)")
+    p.add_argument("--dataset")
+    p.add_argument("--threat", choices=["Linf", "L2"])
+    p.add_argument("--eps", type=float)
+    p.add_argument("--method", help="keep rows whose method or name contains this")
+    p.add_argument("--out", help="write OUT.csv, OUT.md and OUT.json (RobustBench-style entries)")
+    p.add_argument("--title", help="markdown title")
+    p.add_argument("--checkpoints", help="copy each row's checkpoint (< 1 MB) and config into DIR/<name>/")
+    p.add_argument("--results", help="write each row's primary result JSON to DIR/<name>.json")
+    p.set_defaults(func=cmd_leaderboard)
+
+
+def cmd_leaderboard(args) -> int:
+    import json
+    from pathlib import Path
+
+    from . import leaderboard as lb
+    from .evaluate.store import ResultStore
+
+    if not Path(args.db).is_file():
+        raise KdbenchError(f"results store not found: {args.db} (kdbench evaluate --db writes it)")
+    results = ResultStore(args.db).results()
+    rows = lb.build_rows(results, dataset=args.dataset, threat=args.threat, eps=args.eps, method=args.method)
+    if not rows:
+        raise KdbenchError(f"no results in {args.db} match the filters")
+    if args.results:
+        d = Path(args.results)
+        d.mkdir(parents=True, exist_ok=True)
+        by_key = {r["provenance"].get("key"): r for r in results}  # the newest result per key
+        for row in rows:
+            res = by_key.get(row["result_key"])
+            if res is not None:
+                (d / f"{row['name']}.json").write_text(json.dumps(res))
+    if args.checkpoints:
+        lb.export_checkpoints(rows, args.checkpoints)
+    lb.print_rows(rows)
+    if args.out:
+        title = args.title or f"kdbench leaderboard: {rows[0]['dataset']} ({rows[0]['threat']})"
+        for p in lb.write(rows, args.out, title):
+            print(p)
+    return 0
+
+
+def _add_check(sub):
+    p = sub.add_parser("check", help="CI regression gate: compare a result with a baseline (exit 1 on regression)",
+                       description="Exit 0 when the result does not regress against the baseline, 1 on a "
+                                   "regression, 2 on bad input; prints a markdown summary.")
+    p.add_argument("result", help="result JSON (kdbench evaluate --out)")
+    p.add_argument("--baseline", required=True, help="baseline result JSON or leaderboard CSV")
+    p.add_argument("--metric", default="worst_case", help="worst_case (default), clean, or an attack name")
+    p.add_argument("--tolerance", default="auto", help="auto (a statistical test) or an allowed drop: 0.02 or 2%%")
+    p.add_argument("--alpha", type=float, default=0.01, help="one-sided significance level for auto (0.01)")
+    p.add_argument("--row", help="leaderboard row name (default: match the checkpoint sha256, then the run name)")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args) -> int:
+    from .check import check
+
+    if not 0 < args.alpha < 1:
+        raise KdbenchError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    regressed, text = check(args.result, args.baseline, args.metric, args.tolerance, args.alpha, args.row)
+    print(text)
+    return 1 if regressed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -123,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_list(sub)
     _add_plot(sub)
+    _add_leaderboard(sub)
+    _add_check(sub)
     try:
         from .evaluate.cli import add_evaluate
     except ImportError:  # pragma: no cover - evaluate not installed

@@ -57,8 +57,13 @@ class LoadedModel:
     weights_sha256: Optional[str] = None
     info: Dict[str, Any] = field(default_factory=dict)  # what the model was built for
 
+    run: Optional[Dict[str, Any]] = None  # a run directory's training summary (rundir.run_summary)
+
     def provenance(self) -> dict:
-        return {"spec": self.spec, "arch": self.arch, "weights": self.weights, "weights_sha256": self.weights_sha256}
+        out = {"spec": self.spec, "arch": self.arch, "weights": self.weights, "weights_sha256": self.weights_sha256}
+        if self.run:
+            out["run"] = self.run
+        return out
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, input_size: int, **kwargs) -> nn.Module:

@@ -53,7 +53,28 @@ def load_run_model(run_dir, weights: Optional[str] = None):
     sha = load_weights(unwrap(model), path)
     lm = LoadedModel(model, str(run_dir), arch=cfg["model"], weights=str(path), weights_sha256=sha, info=info)
     lm.run_config = cfg
+    lm.run = run_summary(run_dir, cfg)
     return lm
+
+
+def run_summary(run_dir, cfg: dict) -> dict:
+    """What a leaderboard needs to know about how a model was trained (carried into results)."""
+    import hashlib
+
+    hist = []
+    mp = Path(run_dir) / METRICS
+    if mp.is_file():
+        hist = [json.loads(line) for line in mp.read_text().splitlines() if line.strip()]
+    canon = {k: v for k, v in cfg.items() if k not in ("kdbench_version", "resolved", "data_dir", "device")}
+    return {"name": Path(run_dir).resolve().name, "method": cfg.get("method"), "model": cfg.get("model"),
+            "model_kwargs": cfg.get("model_kwargs") or {}, "teachers": cfg.get("teachers") or [],
+            "method_params": cfg.get("method_params") or {}, "seed": cfg.get("seed"), "epochs": cfg.get("epochs"),
+            "train_subset": cfg.get("train_subset"), "train_size": (cfg.get("resolved") or {}).get("train_size"),
+            "device": (cfg.get("resolved") or {}).get("device"),
+            "epochs_done": len(hist), "train_seconds": sum(h.get("seconds", 0.0) for h in hist),
+            "student_forward_images": sum(h.get("student_forward_images", 0) for h in hist),
+            "teacher_forward_images": sum(h.get("teacher_forward_images", 0) for h in hist),
+            "config_sha256": hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()}
 
 
 def write_config(run_dir, data: dict) -> None:

@@ -1,0 +1,182 @@
+"""``kdbench check``: the CI regression gate on robust accuracy.
+
+    kdbench check RESULT.json --baseline BASELINE.json|LEADERBOARD.csv [--metric NAME] [--tolerance auto|X]
+
+Exit 0: no regression; 1: a regression; 2: bad input.  The metric is ``worst_case`` (default),
+``clean`` or an attack name in the result (``pgd``, ``autoattack``, ...).
+
+* ``--tolerance X`` (an accuracy fraction, ``0.02``, or a percentage, ``2%``): a regression is a
+  drop of more than X.
+* ``--tolerance auto`` (default): a one-sided test at ``--alpha`` (0.01).  When both sides hold
+  per-sample outcomes on the same points (same labels and subset), the exact McNemar test on
+  the discordant points (robust before but not now vs the reverse); otherwise a two-proportion
+  z-test.  So a re-evaluation with another attack seed, or a retrained model whose accuracy moves
+  within noise, passes, and a real drop fails.
+* A validity flag that fires in the result but not in the baseline is a regression too.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from .errors import KdbenchError
+
+LEADERBOARD_METRIC = {"worst_case": "worst_case", "clean": "clean", "pgd": "pgd20", "fgsm": "fgsm",
+                      "cw-linf": "cw_inf", "autoattack": "autoattack"}
+
+
+def _load_json(path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise KdbenchError(f"{path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise KdbenchError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or "clean_accuracy" not in data or "attacks" not in data:
+        raise KdbenchError(f"{path}: not a kdbench result JSON (kdbench evaluate --out)")
+    return data
+
+
+def metric_of(result: dict, metric: str) -> Tuple[float, int, Optional[List[bool]]]:
+    """(accuracy, n, per-sample outcomes or None) of ``metric`` in a result JSON."""
+    n = result["n"]
+    ps = result.get("per_sample", {})
+    if metric == "clean":
+        return result["clean_accuracy"], n, ps.get("correct_clean")
+    if metric == "worst_case":
+        robust = ps.get("robust", {})
+        attacks = result["worst_case"]["attacks"]
+        flags = [all(v) for v in zip(*(robust[a] for a in attacks))] if all(a in robust for a in attacks) else None
+        return result["worst_case"]["robust_accuracy"], n, flags
+    if metric not in result["attacks"]:
+        raise KdbenchError(f"metric {metric!r} is not in the result; it has clean, worst_case, "
+                           f"{', '.join(result['attacks'])}")
+    return result["attacks"][metric]["robust_accuracy"], n, ps.get("robust", {}).get(metric)
+
+
+def _same_points(a: dict, b: dict) -> bool:
+    da, db = a.get("provenance", {}).get("dataset", {}), b.get("provenance", {}).get("dataset", {})
+    ha = da.get("subset_hash") or da.get("data_hash")
+    hb = db.get("subset_hash") or db.get("data_hash")
+    return (ha is not None and ha == hb and a["n"] == b["n"]
+            and a.get("per_sample", {}).get("labels") == b.get("per_sample", {}).get("labels"))
+
+
+def mcnemar_worse(base: List[bool], new: List[bool]) -> Tuple[float, int, int]:
+    """One-sided exact McNemar p-value that ``new`` is worse: b = robust before but not now,
+    c = the reverse; p = P(Binomial(b + c, 1/2) >= b)."""
+    b = sum(1 for x, y in zip(base, new) if x and not y)
+    c = sum(1 for x, y in zip(base, new) if y and not x)
+    m = b + c
+    if m == 0:
+        return 1.0, b, c
+    from scipy import stats
+
+    return float(stats.binom.sf(b - 1, m, 0.5)), b, c
+
+
+def two_proportion_worse(k0: int, n0: int, k1: int, n1: int) -> float:
+    """One-sided pooled two-proportion z-test p-value that proportion 1 is below proportion 0."""
+    p = (k0 + k1) / (n0 + n1)
+    se = math.sqrt(p * (1 - p) * (1 / n0 + 1 / n1))
+    if se == 0:
+        return 1.0 if k1 / n1 >= k0 / n0 else 0.0
+    z = (k1 / n1 - k0 / n0) / se
+    return 0.5 * math.erfc(-z / math.sqrt(2))  # P(Z <= z)
+
+
+def parse_tolerance(text: str) -> Optional[float]:
+    if text == "auto":
+        return None
+    try:
+        v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise KdbenchError(f"--tolerance must be auto, a fraction (0.02) or a percentage (2%), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise KdbenchError(f"--tolerance must lie in [0, 1), got {text!r}")
+    return v
+
+
+def _baseline_row(rows: List[dict], result: dict, row: Optional[str]) -> dict:
+    if row:
+        hit = [r for r in rows if r["name"] == row]
+        if not hit:
+            raise KdbenchError(f"leaderboard has no row {row!r}; rows: {', '.join(r['name'] for r in rows)}")
+        return hit[0]
+    sha = result.get("provenance", {}).get("model", {}).get("weights_sha256")
+    hit = [r for r in rows if sha and r.get("sha256") == sha]
+    if not hit:
+        from .leaderboard import row_name
+
+        hit = [r for r in rows if r["name"] == row_name(result)]
+    if not hit:
+        raise KdbenchError("no leaderboard row matches the result's checkpoint (sha256) or run name; pass --row NAME")
+    return hit[0]
+
+
+def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str = "auto", alpha: float = 0.01,
+          row: Optional[str] = None) -> Tuple[bool, str]:
+    """Returns (regressed, markdown summary)."""
+    tol = parse_tolerance(tolerance)
+    result = _load_json(result_path)
+    acc1, n1, flags1 = metric_of(result, metric)
+    new_flags = {f["name"] for f in result.get("validity", {}).get("flags", [])}
+    bpath = Path(baseline_path)
+    if bpath.suffix.lower() == ".csv":
+        from .leaderboard import read_csv
+
+        brow = _baseline_row(read_csv(bpath), result, row)
+        col = LEADERBOARD_METRIC.get(metric)
+        if col is None or brow.get(col) in (None, ""):
+            raise KdbenchError(f"the leaderboard row {brow['name']!r} has no {metric!r} column value")
+        if brow.get("threat") != result["config"]["norm"] or not math.isclose(
+                float(brow["eps"]), result["config"]["eps"], rel_tol=1e-6):
+            raise KdbenchError(f"row {brow['name']!r} is {brow.get('threat')} eps {brow['eps']} but the result is "
+                               f"{result['config']['norm']} eps {result['config']['eps']}: not comparable")
+        acc0, n0, flags0 = float(brow[col]), int(brow["n"]), None
+        old_flags = {f for f in (brow.get("flags") or "").split(";") if f}
+        where = f"{bpath} row {brow['name']!r}"
+        same = False
+    else:
+        base = _load_json(bpath)
+        acc0, n0, flags0 = metric_of(base, metric)
+        old_flags = {f["name"] for f in base.get("validity", {}).get("flags", [])}
+        where = str(bpath)
+        same = flags0 is not None and flags1 is not None and _same_points(base, result)
+    mismatch = _threat_mismatch(result, bpath)
+    if mismatch:
+        raise KdbenchError(mismatch)
+    lines = ["## kdbench check", "", f"baseline: {where}", f"result: {result_path}", "",
+             "| metric | baseline | result | change | test | verdict |", "|---|---|---|---|---|---|"]
+    if tol is not None:
+        regressed = acc1 < acc0 - tol
+        test = f"tolerance {tol:.4g}"
+    elif same:
+        p, b, c = mcnemar_worse(flags0, flags1)
+        regressed = p < alpha
+        test = f"paired McNemar: {b} lost, {c} gained, one-sided p = {p:.3g} (alpha {alpha:g})"
+    else:
+        p = two_proportion_worse(round(acc0 * n0), n0, round(acc1 * n1), n1)
+        regressed = p < alpha
+        test = f"two-proportion z: one-sided p = {p:.3g} (alpha {alpha:g}; n {n0} vs {n1})"
+    verdict = "**regression**" if regressed else "ok"
+    lines.append(f"| {metric} | {100 * acc0:.2f} % | {100 * acc1:.2f} % | {100 * (acc1 - acc0):+.2f} pp | {test} | "
+                 f"{verdict} |")
+    fired = sorted(new_flags - old_flags)
+    if fired:
+        regressed = True
+        lines += ["", f"**new validity flags**: {', '.join(fired)} (not in the baseline): regression"]
+    lines += ["", "result: **REGRESSION**" if regressed else "result: no regression"]
+    return regressed, "\n".join(lines)
+
+
+def _threat_mismatch(result: dict, bpath: Path) -> Optional[str]:
+    if bpath.suffix.lower() == ".csv":
+        return None
+    base = _load_json(bpath)
+    for k in ("norm", "eps"):
+        if base["config"][k] != result["config"][k]:
+            return f"baseline and result differ in {k} ({base['config'][k]} vs {result['config'][k]}): not comparable"
+    return None

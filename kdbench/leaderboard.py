@@ -1,0 +1,276 @@
+"""``kdbench leaderboard``: standardized tables from the results store (CSV, markdown, JSON).
+
+Rows are models grouped by *run name* (a run directory's name without a trailing ``-sN`` seed
+suffix; the model spec otherwise), dataset, threat model and eps.  For each row the *primary*
+result is the one with the most attacks (ties: the lowest training seed, then the newest):
+its clean, FGSM, PGD-20, CW-inf and AutoAttack accuracies with 95 % Wilson intervals, W-Robust
+= (clean + AutoAttack-or-worst-case) / 2 (seed 001), validity flags and provenance.  Over the
+training seeds (one result each, the largest suite), the mean and a 95 % t-interval of clean,
+PGD-20 and the *quick* worst case (the per-sample AND of the quick suite's attacks, computable
+from every suite that contains them), and a two-sided exact Mann-Whitney U test of each row's
+per-seed quick worst case against the next row down (seed 001 does the same).
+Rows are sorted by AutoAttack robust accuracy (the suite's worst case when AutoAttack was not run).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .errors import KdbenchError
+from .evaluate.attacks import SUITES
+from .evaluate.metrics import wilson
+
+ATTACK_COLUMNS = [("fgsm", "fgsm"), ("pgd20", "pgd"), ("cw_inf", "cw-linf"), ("autoattack", "autoattack")]
+QUICK = SUITES["quick"]
+_SEED = re.compile(r"-s(\d+)$")
+
+
+def row_name(result: dict) -> str:
+    model = result.get("provenance", {}).get("model", {})
+    run = model.get("run") or {}
+    name = run.get("name") or model.get("spec") or "model"
+    return _SEED.sub("", name)
+
+
+def _seed(result: dict) -> int:
+    run = result.get("provenance", {}).get("model", {}).get("run") or {}
+    return int(run.get("seed") or 0)
+
+
+def quick_worst(result: dict) -> Optional[float]:
+    """Per-sample AND over the quick suite's attacks (None if the result lacks one of them)."""
+    robust = result.get("per_sample", {}).get("robust", {})
+    if not all(a in robust for a in QUICK):
+        return None
+    flags = [all(v) for v in zip(*(robust[a] for a in QUICK))]
+    return sum(flags) / len(flags) if flags else None
+
+
+def _t_interval(values: List[float]):
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return mean, sd, half
+
+
+def mann_whitney(a: List[float], b: List[float]) -> Optional[dict]:
+    """Two-sided Mann-Whitney U test (exact for small samples) of a against b."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    if len(set(a) | set(b)) == 1:
+        return {"U": len(a) * len(b) / 2, "p": 1.0}
+    r = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact" if len(a) + len(b) <= 20 else "auto")
+    return {"U": float(r.statistic), "p": float(r.pvalue)}
+
+
+def _acc(result: dict, attack: str):
+    a = result.get("attacks", {}).get(attack)
+    if a is None:
+        return None, None
+    return a["robust_accuracy"], a["ci95"]
+
+
+def build_rows(results: List[dict], dataset: Optional[str] = None, threat: Optional[str] = None,
+               eps: Optional[float] = None, method: Optional[str] = None) -> List[dict]:
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        prov = r.get("provenance", {})
+        ds = prov.get("dataset", {}).get("name")
+        norm, e = r["config"]["norm"], r["config"]["eps"]
+        run = prov.get("model", {}).get("run") or {}
+        if dataset and ds != dataset or threat and norm.lower() != threat.lower():
+            continue
+        if eps is not None and not math.isclose(e, eps, rel_tol=1e-6):
+            continue
+        if method and method not in (run.get("method") or "") and method not in row_name(r):
+            continue
+        groups.setdefault((row_name(r), ds, norm, round(e, 8)), []).append(r)
+    rows = []
+    for (name, ds, norm, e), rs in groups.items():
+        by_seed: Dict[int, dict] = {}
+        for r in rs:  # per seed: the largest suite, then the newest
+            s = _seed(r)
+            cur = by_seed.get(s)
+            if cur is None or len(r["attacks"]) >= len(cur["attacks"]):
+                by_seed[s] = r
+        primary = max(by_seed.values(), key=lambda r: (len(r["attacks"]), -_seed(r)))
+        rows.append(_row(name, ds, norm, e, primary, [by_seed[s] for s in sorted(by_seed)]))
+    rows.sort(key=lambda r: -(r["autoattack"] if r["autoattack"] is not None else r["worst_case"]))
+    for i, row in enumerate(rows):
+        row["rank"] = i + 1
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        test = mann_whitney(row["_quick_values"], nxt["_quick_values"]) if nxt else None
+        row["mwu_vs_next"] = None if test is None else f"U={test['U']:g} p={test['p']:.3g} vs {nxt['name']}"
+    for row in rows:
+        row.pop("_quick_values")
+    return rows
+
+
+def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
+    prov = primary.get("provenance", {})
+    model = prov.get("model", {})
+    run = model.get("run") or {}
+    clean = primary["clean_accuracy"]
+    row = {"rank": 0, "name": name, "method": run.get("method") or "", "student": model.get("arch") or model.get("spec"),
+           "teachers": ";".join(run.get("teachers") or []), "dataset": ds, "threat": norm, "eps": eps,
+           "n": primary["n"], "seeds": len(seeds), "clean": clean, "clean_ci95": _ci(primary["clean_ci95"])}
+    for col, attack in ATTACK_COLUMNS:
+        acc, ci = _acc(primary, attack)
+        row[col], row[f"{col}_ci95"] = acc, _ci(ci)
+    w = primary["worst_case"]
+    row["worst_case"], row["worst_case_ci95"] = w["robust_accuracy"], _ci(w["ci95"])
+    row["worst_case_attacks"] = "+".join(w["attacks"])
+    headline = row["autoattack"] if row["autoattack"] is not None else row["worst_case"]
+    row["w_robust"] = (clean + headline) / 2
+    for key, fn in (("clean", lambda r: r["clean_accuracy"]), ("pgd20", lambda r: _acc(r, "pgd")[0]),
+                    ("quick_worst", quick_worst)):
+        vals = [v for v in (fn(r) for r in seeds) if v is not None]
+        if vals:
+            mean, sd, half = _t_interval(vals)
+            row[f"{key}_seed_mean"], row[f"{key}_seed_sd"] = mean, sd
+            row[f"{key}_seed_ci95"] = None if half is None else _ci([mean - half, mean + half])
+        else:
+            row[f"{key}_seed_mean"] = row[f"{key}_seed_sd"] = row[f"{key}_seed_ci95"] = None
+    row["_quick_values"] = [v for v in (quick_worst(r) for r in seeds) if v is not None]
+    row["flags"] = ";".join(sorted({f["name"] for f in primary.get("validity", {}).get("flags", [])}))
+    row.update({"epochs": run.get("epochs_done"), "train_images": run.get("train_size"),
+                "student_forward_images": run.get("student_forward_images"),
+                "teacher_forward_images": run.get("teacher_forward_images"),
+                "train_hours": None if not run else round(run.get("train_seconds", 0.0) / 3600, 4),
+                "train_device": run.get("device"), "eval_device": prov.get("device"),
+                "commit": prov.get("git_commit"), "config_sha256": run.get("config_sha256"),
+                "checkpoint": model.get("weights"), "sha256": model.get("weights_sha256"),
+                "eval_seed": prov.get("seed"), "subset_hash": prov.get("dataset", {}).get("subset_hash"),
+                "result_key": prov.get("key")})
+    return row
+
+
+def _ci(ci):
+    return None if ci is None else f"{ci[0]:.4f}-{ci[1]:.4f}"
+
+
+def _pct(v, ci=None):
+    if v is None:
+        return "–"
+    s = f"{100 * v:.2f}"
+    if ci:
+        lo, hi = (float(x) for x in ci.split("-"))
+        s += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return s
+
+
+def _seed_cell(row, key):
+    m, sd = row.get(f"{key}_seed_mean"), row.get(f"{key}_seed_sd")
+    if m is None:
+        return "–"
+    return f"{100 * m:.2f} ± {100 * sd:.2f}" if sd is not None else f"{100 * m:.2f}"
+
+
+MD_COLUMNS = [("#", lambda r: str(r["rank"])), ("model", lambda r: r["name"]), ("method", lambda r: r["method"]),
+              ("student", lambda r: r["student"]), ("teachers", lambda r: str(len(r["teachers"].split(";")))
+                                                    if r["teachers"] else "–"),
+              ("clean", lambda r: _pct(r["clean"], r["clean_ci95"])), ("FGSM", lambda r: _pct(r["fgsm"], r["fgsm_ci95"])),
+              ("PGD-20", lambda r: _pct(r["pgd20"], r["pgd20_ci95"])),
+              ("CW-inf", lambda r: _pct(r["cw_inf"], r["cw_inf_ci95"])),
+              ("AutoAttack", lambda r: _pct(r["autoattack"], r["autoattack_ci95"])),
+              ("W-Robust", lambda r: _pct(r["w_robust"])),
+              ("seeds: clean", lambda r: _seed_cell(r, "clean")), ("seeds: quick worst", lambda r: _seed_cell(r, "quick_worst")),
+              ("MWU vs next", lambda r: (r["mwu_vs_next"] or "–").split(" vs ")[0]),
+              ("flags", lambda r: r["flags"] or "–"), ("n", lambda r: str(r["n"]))]
+
+
+def to_markdown(rows: List[dict], title: str = "") -> str:
+    lines = [f"# {title}", ""] if title else []
+    if rows:
+        r0 = rows[0]
+        lines += [f"Dataset {r0['dataset']}, {r0['threat']} eps = {r0['eps']:.4g}; accuracies in % with 95 % Wilson "
+                  "intervals on the primary (first-seed, largest-suite) evaluation; seed columns: mean ± standard "
+                  "deviation over training seeds; MWU: two-sided Mann-Whitney U of the per-seed quick-suite worst case "
+                  "against the next row.", ""]
+    lines.append("| " + " | ".join(c for c, _ in MD_COLUMNS) + " |")
+    lines.append("|" + "|".join("---" for _ in MD_COLUMNS) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(f(r) for _, f in MD_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_robustbench(row: dict) -> dict:
+    """A RobustBench-style model-info entry (model_info/<dataset>/<threat>/<name>.json fields)."""
+    return {"name": row["name"], "link": "", "authors": "", "additional_data": False, "number_forward_passes": 1,
+            "dataset": row["dataset"], "venue": "kdbench", "architecture": row["student"], "eps": f"{row['eps']:.6g}",
+            "clean_acc": f"{100 * row['clean']:.2f}",
+            "reported": "", "autoattack_acc": "" if row["autoattack"] is None else f"{100 * row['autoattack']:.2f}",
+            "footnote": f"kdbench {row['method']} distilled from {row['teachers'] or 'no teacher'}",
+            "unreliable": bool(row["flags"]), "kdbench": row}
+
+
+def write(rows: List[dict], out_prefix, title: str = "") -> List[Path]:
+    out = Path(out_prefix)
+    if not out.parent.exists():
+        raise KdbenchError(f"--out directory does not exist: {out.parent}")
+    paths = [out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".json")]
+    fields = list(rows[0].keys()) if rows else ["rank", "name"]
+    with open(paths[0], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    paths[1].write_text(to_markdown(rows, title))
+    paths[2].write_text(json.dumps([to_robustbench(r) for r in rows], indent=1))
+    return paths
+
+
+def read_csv(path) -> List[dict]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise KdbenchError(f"{path}: {e.strerror}") from None
+    if rows and "name" not in rows[0]:
+        raise KdbenchError(f"{path}: not a kdbench leaderboard CSV (no 'name' column)")
+    return rows
+
+
+def print_rows(rows: List[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="kdbench leaderboard")
+    for c, _ in MD_COLUMNS:
+        t.add_column(c, justify="left" if c in ("model", "method", "student", "flags") else "right")
+    for r in rows:
+        t.add_row(*(f(r) for _, f in MD_COLUMNS))
+    Console(width=max(Console().width, 200)).print(t)
+
+
+def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List[Path]:
+    """Copy each row's checkpoint (and its run config) into ``dest/<name>/`` when under
+    ``max_bytes``, so the committed numbers can be re-checked; updates the rows' paths."""
+    import shutil
+
+    dest = Path(dest)
+    out = []
+    for r in rows:
+        ck = r.get("checkpoint")
+        if not ck or not Path(ck).is_file() or Path(ck).stat().st_size > max_bytes:
+            continue
+        d = dest / r["name"]
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ck, d / "best.safetensors")
+        cfg = Path(ck).parent / "config.yaml"
+        if cfg.is_file():
+            shutil.copyfile(cfg, d / "config.yaml")
+        r["checkpoint"] = str(d / "best.safetensors")
+        out.append(d)
+    return out
