@@ -21,16 +21,18 @@ N=${N:-1000}
 COMMON="--dataset fashion-mnist --train-subset 5000 --batch-size 128 --no-progress"
 T48="--model smallcnn --set model_kwargs.width=48 --epochs 10"
 
-run() {  # run DIR ARGS...: train into DIR unless finished; resume an interrupted run
-  local dir=$1; shift
-  if [ -f "$dir/state.pt" ] && python - "$dir" <<'PY'
-import sys, yaml, torch
+finished() {  # finished DIR: the run in DIR has trained all its epochs
+  [ -f "$1/state.pt" ] && [ -f "$1/metrics.jsonl" ] && python - "$1" <<'PY'
+import sys, yaml
 d = sys.argv[1]
 cfg = yaml.safe_load(open(f"{d}/config.yaml"))
-st = torch.load(f"{d}/state.pt", map_location="cpu", weights_only=True)
-sys.exit(0 if st["epoch"] + 1 >= cfg["epochs"] else 1)
+sys.exit(0 if sum(1 for _ in open(f"{d}/metrics.jsonl")) >= cfg["epochs"] else 1)
 PY
-  then return 0; fi
+}
+
+run() {  # run DIR ARGS...: train into DIR unless finished; resume an interrupted run
+  local dir=$1; shift
+  finished "$dir" && return 0
   if [ -f "$dir/state.pt" ]; then $KD train --out "$dir" --resume --no-progress; else $KD train "$@" --out "$dir"; fi
 }
 
@@ -54,10 +56,12 @@ student() {  # student METHOD SEED
   run "$RUNS/$id-s$s" --method "$m" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra
 }
 
-evaluate() {  # evaluate DIR SUITE
-  [ -f "$1/eval-$2.json" ] && return 0
-  $KD evaluate --model "$1" --dataset fashion-mnist --num-points "$N" --suite "$2" --db "$RUNS/results.db" \
-    --resume --out "$1/eval-$2.json" --no-progress
+evaluate() {  # evaluate DIR SUITE [ARGS...]: skipped when done or when the run has not finished training
+  local dir=$1 suite=$2; shift 2
+  [ -f "$dir/eval-$suite.json" ] && return 0
+  finished "$dir" || { echo "not trained yet: $dir"; return 0; }
+  $KD evaluate --model "$dir" --dataset fashion-mnist --num-points "$N" --suite "$suite" --db "$RUNS/results.db" \
+    --resume --out "$dir/eval-$suite.json" --no-progress "$@" > "$dir/eval-$suite.log"
 }
 
 if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
@@ -66,8 +70,8 @@ if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
   for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" standard; done
-  for s in $SEEDS; do for m in $METHODS; do
-    [ "$s" = 0 ] && evaluate "$RUNS/$m-s$s" standard || evaluate "$RUNS/$m-s$s" quick
+  for s in $SEEDS; do for m in $METHODS; do  # distillation metrics (the run's teachers) on the first seed
+    if [ "$s" = 0 ]; then evaluate "$RUNS/$m-s$s" standard; else evaluate "$RUNS/$m-s$s" quick --no-teachers; fi
   done; done
 fi
 if [ "$STAGE" = board ] || [ "$STAGE" = all ]; then
