@@ -123,6 +123,9 @@ def test_channels_last_changes_nothing_but_layout(default_model, digits):
     b = evaluate(default_model, channels_last=True, **kw).to_dict()
     assert a["per_sample"]["robust"] == b["per_sample"]["robust"] and b["config"]["channels_last"]
     assert b["config"]["amp"] is False
+    c = evaluate(default_model, sensitivity=False, **kw).to_dict()  # the probe only adds metrics
+    assert c["per_sample"]["robust"] == a["per_sample"]["robust"] and "sensitivity" not in c
+    assert "sensitivity" in a and len(a["per_sample"]["sensitivity"]) == 80
 
 
 def test_same_seed_reproduces_exactly(default_model, digits):

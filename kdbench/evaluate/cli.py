@@ -40,6 +40,8 @@ def add_evaluate(sub):
     p.add_argument("--db", default="kdbench.db", help="SQLite results store (default ./kdbench.db; '' for none)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from --db")
     p.add_argument("--no-checks", action="store_true", help="skip the eps-sweep / convergence validity checks")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the gradient probe (sensitivity, confidence, gradient-based validity flags)")
     p.add_argument("--teacher", action="append", dest="teachers", metavar="SPEC",
                    help="teacher model (repeat): adds the distillation metrics (agreement, transferability, "
                         "transfer attack, CAM similarity, k-NN); default for a run dir: its teachers")
@@ -98,6 +100,7 @@ def cmd_evaluate(args) -> int:
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
                    provenance={"model": lm.provenance()}, checks=not args.no_checks,
+                   sensitivity=not args.no_sensitivity,
                    channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_specs,
                    knn_reference=args.knn_reference, tsne=args.tsne)
     import torch.distributed as dist

@@ -128,11 +128,13 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
              norm: str = "Linf", batch_size: int = 256, device: str = "auto", seed: int = 0, cascade: bool = False,
              chunk_size: int = 1024, store=None, resume: bool = False, progress: bool = False,
              provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200,
-             channels_last: bool = False, teachers: Optional[Sequence[nn.Module]] = None,
+             channels_last: bool = False, sensitivity: bool = True, teachers: Optional[Sequence[nn.Module]] = None,
              teacher_names: Optional[Sequence[str]] = None, knn_reference: Optional[int] = 5000,
              tsne: Optional[str] = None) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` (float in [0, 1], NCHW) or on ``dataset``'s test split
-    (a seeded subset of ``n`` points).  With ``teachers``, the distillation metrics of
+    (a seeded subset of ``n`` points).  ``checks=False`` skips the budget validity checks and
+    ``sensitivity=False`` the gradient probe (sensitivity, confidence and the gradient-based
+    flags); both are on by default.  With ``teachers``, the distillation metrics of
     :mod:`kdbench.evaluate.distill` are added under ``distillation`` (k-NN on ``knn_reference``
     training images when a dataset is given; ``tsne`` a PNG path).  See docs/results.md."""
     t_start = datetime.now(timezone.utc)
@@ -204,7 +206,7 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
     n_total = len(y)
     from . import validity
 
-    probe_g = validity.probe_gradients(model, x, y, batch_size, dev)
+    probe_g = validity.probe_gradients(model, x, y, batch_size, dev) if sensitivity else None
     chunks = [(k, torch.arange(s, min(s + chunk_size, n_total))) for k, s in enumerate(range(0, n_total,
                                                                                              chunk_size))]
     mine = [c for c in chunks if c[0] % dinfo.world == dinfo.rank]
@@ -286,12 +288,14 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
             d = pa["distances"]
             res.setdefault("min_perturbation", {})[name] = metrics.min_perturbation(d, correct, pa["min_norm"])
             res["per_sample"].setdefault("min_distance", {})[name] = [float(v) for v in d.tolist()]
-    sens = probe_g["sensitivity"]
-    res["sensitivity"] = {"of": "softmax probability of the predicted class (seed 000 Eq. 10, T = 1)",
-                          "mean": sum(sens) / n_total, "fraction_below_1e-10": sum(v < 1e-10 for v in sens) / n_total}
-    res["confidence"] = sum(probe_g["confidence"]) / n_total
-    res["per_sample"]["sensitivity"] = sens
-    res["per_sample"]["confidence"] = probe_g["confidence"]
+    if probe_g is not None:
+        sens = probe_g["sensitivity"]
+        res["sensitivity"] = {"of": "softmax probability of the predicted class (seed 000 Eq. 10, T = 1)",
+                              "mean": sum(sens) / n_total,
+                              "fraction_below_1e-10": sum(v < 1e-10 for v in sens) / n_total}
+        res["confidence"] = sum(probe_g["confidence"]) / n_total
+        res["per_sample"]["sensitivity"] = sens
+        res["per_sample"]["confidence"] = probe_g["confidence"]
     budget = None
     if checks:
         sub = correct.nonzero().flatten()[:checks_n]

@@ -41,16 +41,16 @@ def _flag(name: str, message: str, **evidence) -> dict:
     return {"name": name, "message": message, "evidence": evidence}
 
 
-def check(res: dict, probe: Dict[str, list], extra: Dict[str, float] | None = None) -> List[dict]:
-    """The checks that need only the suite's per-sample results (and the gradient probe)."""
+def check(res: dict, probe: Dict[str, list] | None, extra: Dict[str, float] | None = None) -> List[dict]:
+    """The checks that need only the suite's per-sample results (and the gradient probe, when run)."""
     flags = []
     n = res["n"]
     tol = max(2 / n, 2 * math.sqrt(0.25 / max(n, 1)))  # about two standard errors at p = 0.5
     correct = res["per_sample"]["correct_clean"]
-    if probe["probabilities"]:
+    if probe is not None and probe["probabilities"]:
         flags.append(_flag("outputs_are_probabilities", "the model returns probabilities, not logits: "
                            "CE attacks on them are weak; return logits", sample_rows_sum_to_one=True))
-    cc = [g for g, c in zip(probe["ce_grad_max"], correct) if c]
+    cc = [g for g, c in zip(probe["ce_grad_max"], correct) if c] if probe is not None else []
     zero = sum(1 for g in cc if g == 0.0) / max(len(cc), 1)
     if zero > 0.05:
         flags.append(_flag("zero_gradients", f"{zero:.0%} of clean-correct points have an exactly zero "
