@@ -33,6 +33,9 @@ PY
 run() {  # run DIR ARGS...: train into DIR unless finished; resume an interrupted run
   local dir=$1; shift
   finished "$dir" && return 0
+  mkdir -p "$(dirname "$dir")"
+  mkdir "$dir.lock" 2>/dev/null || { echo "another worker trains $dir"; return 0; }  # WORKERS=2: parallel runs
+  trap 'rmdir "$dir.lock" 2>/dev/null' RETURN
   if [ -f "$dir/state.pt" ]; then $KD train --out "$dir" --resume --no-progress; else $KD train "$@" --out "$dir"; fi
 }
 
@@ -53,6 +56,9 @@ student() {  # student METHOD SEED
     darht-het) m=darht; t="--teacher $RUNS/teacher-pgd-at --teacher $RUNS/teacher-trades --teacher $RUNS/teacher-vit" ;;
     dd|takd) extra="--set method_params.T=5" ;;
   esac
+  for dir in $(echo "$t" | tr ' ' '\n' | grep "^$RUNS/"); do  # never distil from an unfinished teacher
+    finished "$dir" || { echo "waiting for $dir: $id-s$s later"; return 0; }
+  done
   run "$RUNS/$id-s$s" --method "$m" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra
 }
 
@@ -65,8 +71,16 @@ evaluate() {  # evaluate DIR SUITE [ARGS...]: skipped when done or when the run 
 }
 
 if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
-  teachers
-  for s in $SEEDS; do for m in $METHODS; do student "$m" "$s"; done; done
+  # Several workers may run this stage at once (one thread each is faster than one worker with two
+  # on small CNNs): each run is locked while it trains, and students wait for their teachers.
+  for pass in 1 2 3 4 5 6 7 8; do
+    teachers
+    for s in $SEEDS; do for m in $METHODS; do student "$m" "$s"; done; done
+    todo=0
+    for s in $SEEDS; do for m in $METHODS; do finished "$RUNS/$m-s$s" || todo=1; done; done
+    [ $todo = 0 ] && break
+    sleep 60
+  done
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
   for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" standard; done
