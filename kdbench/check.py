@@ -13,6 +13,7 @@ Exit 0: no regression; 1: a regression; 2: bad input.  The metric is ``worst_cas
   z-test.  So a re-evaluation with another attack seed, or a retrained model whose accuracy moves
   within noise, passes, and a real drop fails.
 * A validity flag that fires in the result but not in the baseline is a regression too.
+* ``--two-sided``: a significant change either way fails (a reproduction check).
 """
 from __future__ import annotations
 
@@ -117,8 +118,9 @@ def _baseline_row(rows: List[dict], result: dict, row: Optional[str]) -> dict:
 
 
 def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str = "auto", alpha: float = 0.01,
-          row: Optional[str] = None) -> Tuple[bool, str]:
-    """Returns (regressed, markdown summary)."""
+          row: Optional[str] = None, two_sided: bool = False) -> Tuple[bool, str]:
+    """Returns (regressed, markdown summary).  ``two_sided`` also fails on a significant *rise*
+    (a reproduction check: an attack that got weaker raises robust accuracy)."""
     tol = parse_tolerance(tolerance)
     result = _load_json(result_path)
     acc1, n1, flags1 = metric_of(result, metric)
@@ -150,17 +152,23 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
         raise KdbenchError(mismatch)
     lines = ["## kdbench check", "", f"baseline: {where}", f"result: {result_path}", "",
              "| metric | baseline | result | change | test | verdict |", "|---|---|---|---|---|---|"]
+    sides = "two-sided" if two_sided else "one-sided"
     if tol is not None:
-        regressed = acc1 < acc0 - tol
-        test = f"tolerance {tol:.4g}"
+        regressed = (abs(acc1 - acc0) if two_sided else acc0 - acc1) > tol
+        test = f"tolerance {tol:.4g} ({sides})"
     elif same:
         p, b, c = mcnemar_worse(flags0, flags1)
+        if two_sided:
+            p = min(1.0, 2 * min(p, mcnemar_worse(flags1, flags0)[0]))
         regressed = p < alpha
-        test = f"paired McNemar: {b} lost, {c} gained, one-sided p = {p:.3g} (alpha {alpha:g})"
+        test = f"paired McNemar: {b} lost, {c} gained, {sides} p = {p:.3g} (alpha {alpha:g})"
     else:
-        p = two_proportion_worse(round(acc0 * n0), n0, round(acc1 * n1), n1)
+        k0, k1 = round(acc0 * n0), round(acc1 * n1)
+        p = two_proportion_worse(k0, n0, k1, n1)
+        if two_sided:
+            p = min(1.0, 2 * min(p, two_proportion_worse(k1, n1, k0, n0)))
         regressed = p < alpha
-        test = f"two-proportion z: one-sided p = {p:.3g} (alpha {alpha:g}; n {n0} vs {n1})"
+        test = f"two-proportion z: {sides} p = {p:.3g} (alpha {alpha:g}; n {n0} vs {n1})"
     verdict = "**regression**" if regressed else "ok"
     lines.append(f"| {metric} | {100 * acc0:.2f} % | {100 * acc1:.2f} % | {100 * (acc1 - acc0):+.2f} pp | {test} | "
                  f"{verdict} |")

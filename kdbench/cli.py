@@ -171,6 +171,7 @@ def _add_check(sub):
     p.add_argument("--tolerance", default="auto", help="auto (a statistical test) or an allowed drop: 0.02 or 2%%")
     p.add_argument("--alpha", type=float, default=0.01, help="one-sided significance level for auto (0.01)")
     p.add_argument("--row", help="leaderboard row name (default: match the checkpoint sha256, then the run name)")
+    p.add_argument("--two-sided", action="store_true", help="also fail on a significant rise (reproduction check)")
     p.set_defaults(func=cmd_check)
 
 
@@ -179,7 +180,8 @@ def cmd_check(args) -> int:
 
     if not 0 < args.alpha < 1:
         raise KdbenchError(f"--alpha must lie in (0, 1), got {args.alpha}")
-    regressed, text = check(args.result, args.baseline, args.metric, args.tolerance, args.alpha, args.row)
+    regressed, text = check(args.result, args.baseline, args.metric, args.tolerance, args.alpha, args.row,
+                           args.two_sided)
     print(text)
     return 1 if regressed else 0
 

@@ -122,7 +122,8 @@ def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
     model = prov.get("model", {})
     run = model.get("run") or {}
     clean = primary["clean_accuracy"]
-    row = {"rank": 0, "name": name, "method": run.get("method") or "", "student": model.get("arch") or model.get("spec"),
+    row = {"rank": 0, "name": name, "method": run.get("method") or "",
+           "student": model.get("arch") or model.get("spec"),
            "teachers": ";".join(run.get("teachers") or []), "dataset": ds, "threat": norm, "eps": eps,
            "n": primary["n"], "seeds": len(seeds), "clean": clean, "clean_ci95": _ci(primary["clean_ci95"])}
     for col, attack in ATTACK_COLUMNS:
@@ -180,12 +181,14 @@ def _seed_cell(row, key):
 MD_COLUMNS = [("#", lambda r: str(r["rank"])), ("model", lambda r: r["name"]), ("method", lambda r: r["method"]),
               ("student", lambda r: r["student"]), ("teachers", lambda r: str(len(r["teachers"].split(";")))
                                                     if r["teachers"] else "–"),
-              ("clean", lambda r: _pct(r["clean"], r["clean_ci95"])), ("FGSM", lambda r: _pct(r["fgsm"], r["fgsm_ci95"])),
+              ("clean", lambda r: _pct(r["clean"], r["clean_ci95"])),
+              ("FGSM", lambda r: _pct(r["fgsm"], r["fgsm_ci95"])),
               ("PGD-20", lambda r: _pct(r["pgd20"], r["pgd20_ci95"])),
               ("CW-inf", lambda r: _pct(r["cw_inf"], r["cw_inf_ci95"])),
               ("AutoAttack", lambda r: _pct(r["autoattack"], r["autoattack_ci95"])),
               ("W-Robust", lambda r: _pct(r["w_robust"])),
-              ("seeds: clean", lambda r: _seed_cell(r, "clean")), ("seeds: quick worst", lambda r: _seed_cell(r, "quick_worst")),
+              ("seeds: clean", lambda r: _seed_cell(r, "clean")),
+              ("seeds: quick worst", lambda r: _seed_cell(r, "quick_worst")),
               ("MWU vs next", lambda r: (r["mwu_vs_next"] or "–").split(" vs ")[0]),
               ("flags", lambda r: r["flags"] or "–"), ("n", lambda r: str(r["n"]))]
 

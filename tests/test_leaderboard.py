@@ -94,6 +94,10 @@ def test_check_paired_unpaired_tolerance_and_flags(tmp_path):
     other["provenance"]["dataset"]["subset_hash"] = "other-points"
     regressed, text = check(write(tmp_path, "o.json", other), base)
     assert not regressed and "two-proportion" in text
+    rise = write(tmp_path, "rise.json", fake_result("ard", 0, quick(550, 1000)))
+    assert not check(rise, base)[0]  # one-sided: a rise is no regression
+    regressed, text = check(rise, base, two_sided=True)  # a reproduction check fails on it
+    assert regressed and "two-sided p" in text and "0 lost, 50 gained" in text
     flagged = write(tmp_path, "f.json", fake_result("ard", 0, quick(500, 1000), flags=["zero_gradients"]))
     regressed, text = check(flagged, base)
     assert regressed and "zero_gradients" in text

@@ -103,4 +103,5 @@ def get_method(name: str):
     return METHODS.get(name)
 
 
-from . import adaad, agkd_bml, ard, darht, dd, iad, mtard, natural, pgd_at, rslad, smaraad, takd, trades  # noqa: E402,F401  (registration)
+from . import (adaad, agkd_bml, ard, darht, dd, iad, mtard, natural, pgd_at, rslad,  # noqa: E402,F401  (registration)
+               smaraad, takd, trades)
