@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import ModeSpy
 
 from kdbench import losses
-from kdbench.config import TrainConfig
+from kdbench.config import TrainConfig, merge
 from kdbench.methods import AttackConfig, get_method
 from kdbench.models import build_model, classifier_of, forward_all, load_model
 from kdbench.models.stf import STFStudent
@@ -218,7 +218,9 @@ def test_agkd_bml_attacks_aim_at_the_confusing_class(digits):
 def teachers(tmp_path_factory, digits_teacher):
     root = tmp_path_factory.mktemp("teachers")
     train(TrainConfig(method="natural", dataset="digits", epochs=2), root / "natural", progress=False)
-    train(TrainConfig(method="pgd-at", dataset="digits", model="vit", epochs=2), root / "vit", progress=False)
+    vit = merge(TrainConfig(method="natural", dataset="digits", model="vit", epochs=2, augment=False),
+                {"optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.0})
+    train(vit, root / "vit", progress=False)  # the offline ViT teacher recipe (configs/natural/digits-vit.yaml)
     return {"pgd-at": str(digits_teacher), "natural": str(root / "natural"), "vit": str(root / "vit")}
 
 

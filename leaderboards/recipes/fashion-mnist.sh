@@ -6,7 +6,8 @@
 # Budget (sized for a 2-core CPU machine): a seeded 5 000-image training subset, smallcnn students
 # (94 k parameters) trained 5 epochs, batch 128, SGD lr 0.1, eps 0.1 (L-inf), PGD-10 inner steps;
 # teachers smallcnn width 48 (211 k parameters) trained 10 epochs on the same budget (natural,
-# PGD-AT, TRADES) plus a small ViT (PGD-AT) for DARHT's heterogeneous setting.  Every step skips
+# PGD-AT, TRADES) plus a small naturally trained ViT (Adam) for DARHT's heterogeneous setting
+# (teachers differing in architecture and training algorithm, as the DARHT paper's natural ViTs).  Every step skips
 # what is already done, so the recipe resumes where it stopped (an interrupted training run
 # continues with --resume).  Evaluation: the standard suite on 1 000 test points for seed 0, the
 # quick suite on the same 1 000 points for seeds 1 and 2; all results go to one SQLite store.
@@ -43,7 +44,9 @@ teachers() {
   run "$RUNS/teacher-natural" --method natural $COMMON $T48 --seed 0
   run "$RUNS/teacher-pgd-at" --method pgd-at $COMMON $T48 --seed 0
   run "$RUNS/teacher-trades" --method trades $COMMON $T48 --seed 0
-  run "$RUNS/teacher-vit" --method pgd-at $COMMON --model vit --epochs 10 --seed 0
+  # the ViT: naturally trained with Adam (PGD-AT from scratch does not get off the ground in this budget)
+  run "$RUNS/teacher-vit" --method natural $COMMON --model vit --epochs 10 --seed 0 --set optimizer.name=adam \
+    --set optimizer.lr=0.001 --set optimizer.weight_decay=0
 }
 
 student() {  # student METHOD SEED
