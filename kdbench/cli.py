@@ -206,8 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins() -> None:
+    """Import the comma-separated modules of ``KDBENCH_PLUGINS`` (user methods, models, datasets
+    registering themselves)."""
+    import importlib
+    import os
+
+    for name in filter(None, (m.strip() for m in os.environ.get("KDBENCH_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            raise KdbenchError(f"KDBENCH_PLUGINS: importing {name!r} failed: {type(e).__name__}: {str(e)[:120]}") \
+                from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     try:
+        load_plugins()
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

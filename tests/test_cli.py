@@ -58,3 +58,13 @@ def test_list_and_help():
     assert res.returncode == 0 and "pgd-at" in res.stdout and "fashion-mnist" in res.stdout
     assert "wrn-34-10" in res.stdout
     assert run_cli("--help").returncode == 0
+
+
+def test_plugins_register_user_methods(tmp_path):
+    (tmp_path / "myplug.py").write_text(
+        "from kdbench.methods import METHODS\nfrom kdbench.methods.pgd_at import PGDAT\n\n"
+        "@METHODS.register('my-at')\nclass MyAT(PGDAT):\n    name = 'my-at'\n")
+    r = run_cli("list", "methods", env={"PYTHONPATH": str(tmp_path), "KDBENCH_PLUGINS": "myplug"})
+    assert r.returncode == 0 and "my-at," in r.stdout, r.stdout
+    r = run_cli("list", env={"KDBENCH_PLUGINS": "no_such_plugin"})
+    assert r.returncode == 2 and "KDBENCH_PLUGINS" in r.stderr and len(r.stderr.splitlines()) == 1
