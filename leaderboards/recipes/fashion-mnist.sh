@@ -36,8 +36,11 @@ run() {  # run DIR ARGS...: train into DIR unless finished; resume an interrupte
   finished "$dir" && return 0
   mkdir -p "$(dirname "$dir")"
   mkdir "$dir.lock" 2>/dev/null || { echo "another worker trains $dir"; return 0; }  # WORKERS=2: parallel runs
-  trap 'rmdir "$dir.lock" 2>/dev/null' RETURN
-  if [ -f "$dir/state.pt" ]; then $KD train --out "$dir" --resume --no-progress; else $KD train "$@" --out "$dir"; fi
+  local rc=0
+  if [ -f "$dir/state.pt" ]; then $KD train --out "$dir" --resume --no-progress || rc=$?
+  else $KD train "$@" --out "$dir" || rc=$?; fi
+  rmdir "$dir.lock"
+  [ $rc = 0 ] || echo "FAILED ($rc): $dir"
 }
 
 teachers() {
