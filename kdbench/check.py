@@ -8,9 +8,9 @@ Exit 0: no regression; 1: a regression; 2: bad input.  The metric is ``worst_cas
 * ``--tolerance X`` (an accuracy fraction, ``0.02``, or a percentage, ``2%``): a regression is a
   drop of more than X.
 * ``--tolerance auto`` (default): a one-sided test at ``--alpha`` (0.01).  When both sides hold
-  per-sample outcomes on the same points (same labels and subset), the exact McNemar test on
-  the discordant points (robust before but not now vs the reverse); otherwise a two-proportion
-  z-test.  So a re-evaluation with another attack seed, or a retrained model whose accuracy moves
+  per-sample outcomes on the same points (same labels and subset, or the shared test-set
+  indices of two subsets), the exact McNemar test on the discordant points (robust before but
+  not now vs the reverse); otherwise a two-proportion z-test.  So a re-evaluation with another attack seed, or a retrained model whose accuracy moves
   within noise, passes, and a real drop fails.
 * A validity flag that fires in the result but not in the baseline is a regression too.
 * ``--two-sided``: a significant change either way fails (a reproduction check).
@@ -63,6 +63,26 @@ def _same_points(a: dict, b: dict) -> bool:
     hb = db.get("subset_hash") or db.get("data_hash")
     return (ha is not None and ha == hb and a["n"] == b["n"]
             and a.get("per_sample", {}).get("labels") == b.get("per_sample", {}).get("labels"))
+
+
+def paired_outcomes(base: dict, result: dict, flags0, flags1):
+    """Per-sample outcomes of both results on the points they share, or None: the same points
+    (same subset hash and labels), or -- when both record their test-set indices -- the
+    intersection of their subsets (e.g. a CI re-evaluation of 200 of a board's 1 000 points)."""
+    if flags0 is None or flags1 is None:
+        return None
+    if _same_points(base, result):
+        return list(flags0), list(flags1), len(flags0)
+    i0, i1 = base.get("per_sample", {}).get("index"), result.get("per_sample", {}).get("index")
+    d0 = base.get("provenance", {}).get("dataset", {}).get("name")
+    d1 = result.get("provenance", {}).get("dataset", {}).get("name")
+    if not i0 or not i1 or d0 != d1:
+        return None
+    pos0 = {i: k for k, i in enumerate(i0)}
+    common = [(pos0[i], k) for k, i in enumerate(i1) if i in pos0]
+    if not common:
+        return None
+    return [flags0[a] for a, _ in common], [flags1[b] for _, b in common], len(common)
 
 
 def mcnemar_worse(base: List[bool], new: List[bool]) -> Tuple[float, int, int]:
@@ -140,13 +160,13 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
         acc0, n0, flags0 = float(brow[col]), int(brow["n"]), None
         old_flags = {f for f in (brow.get("flags") or "").split(";") if f}
         where = f"{bpath} row {brow['name']!r}"
-        same = False
+        paired = None
     else:
         base = _load_json(bpath)
         acc0, n0, flags0 = metric_of(base, metric)
         old_flags = {f["name"] for f in base.get("validity", {}).get("flags", [])}
         where = str(bpath)
-        same = flags0 is not None and flags1 is not None and _same_points(base, result)
+        paired = paired_outcomes(base, result, flags0, flags1)
     mismatch = _threat_mismatch(result, bpath)
     if mismatch:
         raise KdbenchError(mismatch)
@@ -156,12 +176,14 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
     if tol is not None:
         regressed = (abs(acc1 - acc0) if two_sided else acc0 - acc1) > tol
         test = f"tolerance {tol:.4g} ({sides})"
-    elif same:
-        p, b, c = mcnemar_worse(flags0, flags1)
+    elif paired is not None:
+        f0, f1, common = paired
+        p, b, c = mcnemar_worse(f0, f1)
         if two_sided:
-            p = min(1.0, 2 * min(p, mcnemar_worse(flags1, flags0)[0]))
+            p = min(1.0, 2 * min(p, mcnemar_worse(f1, f0)[0]))
         regressed = p < alpha
-        test = f"paired McNemar: {b} lost, {c} gained, {sides} p = {p:.3g} (alpha {alpha:g})"
+        on = "" if common == n1 == n0 else f" on the {common} shared points"
+        test = f"paired McNemar{on}: {b} lost, {c} gained, {sides} p = {p:.3g} (alpha {alpha:g})"
     else:
         k0, k1 = round(acc0 * n0), round(acc1 * n1)
         p = two_proportion_worse(k0, n0, k1, n1)

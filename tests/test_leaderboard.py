@@ -144,3 +144,18 @@ def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
     assert r.returncode == 2 and r.stderr.startswith("kdbench: error:") and len(r.stderr.splitlines()) == 1
     r = run_cli("leaderboard", "--db", tmp_path / "missing.db")
     assert r.returncode == 2 and "results store not found" in r.stderr
+
+
+def test_check_pairs_a_subset_on_shared_test_indices(tmp_path):
+    base = fake_result("ard", 0, quick(500, 1000))
+    base["per_sample"]["index"] = list(range(0, 3000, 3))  # test-set indices of the 1 000 points
+    sub = {a: f[::5] for a, f in quick(500, 1000).items()}  # 200 of them, same outcomes
+    res = fake_result("ard", 0, sub)
+    res["provenance"]["dataset"]["subset_hash"] = "another-subset"
+    res["per_sample"]["index"] = base["per_sample"]["index"][::5]
+    regressed, text = check(write(tmp_path, "r.json", res), write(tmp_path, "b.json", base), two_sided=True)
+    assert not regressed and "paired McNemar on the 200 shared points: 0 lost, 0 gained" in text
+    res["per_sample"]["robust"] = {a: [False] * 200 for a in sub}  # every shared robust point lost
+    res["worst_case"]["robust_accuracy"] = 0.0
+    regressed, text = check(write(tmp_path, "r.json", res), write(tmp_path, "b.json", base))
+    assert regressed and "100 lost, 0 gained" in text, text

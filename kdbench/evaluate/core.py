@@ -150,9 +150,12 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         idx, h = ds.eval_indices(n, seed=0)
         x, y = ds.test.images(idx), ds.test.y[idx]
         data_prov = {"name": ds.info.name, "split": "test", "n": len(idx), "subset_seed": 0, "subset_hash": h}
+        test_index = idx.tolist()
         eps = ds.info.eps if eps is None else eps
     elif x is None or y is None:
         raise KdbenchError("give x and y, or a dataset")
+    else:
+        test_index = None
     validate_inputs(x, y)
     y = y.to(torch.int64)
     if not data_prov:
@@ -274,7 +277,8 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
            "config": {"eps": eps, "norm": norm, "attacks": specs, "cascade": cascade, "batch_size": batch_size,
                       "chunk_size": chunk_size, "seed": seed, "num_classes": num_classes,
                       "channels_last": channels_last, "amp": False},
-           "per_sample": {"labels": labels, "correct_clean": correct_list, "robust": {}},
+           "per_sample": {"labels": labels, "correct_clean": correct_list, "robust": {},
+                          **({"index": test_index} if test_index is not None else {})},
            "validity": {"flags": []}}
     for name, pa in per_attack.items():
         flags = pa["flags"].tolist()
