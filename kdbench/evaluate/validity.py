@@ -107,12 +107,13 @@ def budget_checks(model, x, y, eps: float, norm: str, seed: int, dev, batch_size
         else:
             atk = torchattacks.PGDL2(model, eps=e, alpha=e / 4 if steps <= 20 else e / 10, steps=steps)
         robust = torch.ones(len(y), dtype=torch.bool, device=dev)
-        for _ in range(restarts):
-            for s in range(0, len(y), batch_size):
-                xb, yb = x[s:s + batch_size], y[s:s + batch_size]
-                xa = atk(xb, yb)
+        for _ in range(restarts):  # each restart attacks only the points every earlier one missed
+            todo = robust.nonzero().flatten()
+            for s in range(0, len(todo), batch_size):
+                sel = todo[s:s + batch_size]
+                xa = atk(x[sel], y[sel])
                 with torch.no_grad():
-                    robust[s:s + batch_size] &= model(xa).argmax(1) == yb
+                    robust[sel] &= model(xa).argmax(1) == y[sel]
         return robust.float().mean().item()
 
     scales = [0.5, 1.0, 2.0, 4.0]
