@@ -122,8 +122,10 @@ def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
     model = prov.get("model", {})
     run = model.get("run") or {}
     clean = primary["clean_accuracy"]
-    row = {"rank": 0, "name": name, "method": run.get("method") or "",
-           "student": model.get("arch") or model.get("spec"),
+    arch = model.get("arch") or model.get("spec")
+    if run.get("model_kwargs"):
+        arch += "(" + ",".join(f"{k}={v}" for k, v in sorted(run["model_kwargs"].items())) + ")"
+    row = {"rank": 0, "name": name, "method": run.get("method") or "", "student": arch,
            "teachers": ";".join(run.get("teachers") or []), "dataset": ds, "threat": norm, "eps": eps,
            "n": primary["n"], "seeds": len(seeds), "clean": clean, "clean_ci95": _ci(primary["clean_ci95"])}
     for col, attack in ATTACK_COLUMNS:

@@ -233,3 +233,34 @@ def test_torchrun_shards_equal_single_process(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert a["per_sample"] == b["per_sample"] and b["provenance"]["world_size"] == 2
+
+
+def test_user_attacks_register_and_are_rechecked(default_model, digits):
+    from kdbench.evaluate.attacks import register_attack
+
+    @register_attack("test-noise", norms=("Linf",), defaults={"tries": 3})
+    def noise(eps, norm, seed, num_classes, tries):
+        def run(model, x, y):
+            best = x.clone()
+            for _ in range(tries):
+                xa = (x + eps * torch.randn_like(x).sign()).clamp(0, 1)
+                with torch.no_grad():
+                    hit = model(xa).argmax(1) != y
+                best[hit] = xa[hit]
+            return best
+        return run
+
+    @register_attack("test-cheat")
+    def cheat(eps, norm, seed, num_classes):
+        return lambda model, x, y: (x + 3 * eps * torch.randn_like(x).sign()).clamp(0, 1)  # over budget
+
+    kw = dict(dataset=digits, n=60, device="cpu", checks=False, sensitivity=False)
+    r = evaluate(default_model, attacks=["pgd", "test-noise:tries=2", "test-cheat"], **kw).to_dict()
+    a = r["attacks"]
+    assert a["test-noise:tries=2"]["backend"] == "user" and a["test-noise:tries=2"]["params"]["tries"] == 2
+    assert a["test-noise:tries=2"]["robust_accuracy"] >= a["pgd"]["robust_accuracy"]  # random noise is weaker
+    assert a["test-cheat"]["robust_accuracy"] == r["clean_accuracy"]  # out-of-budget examples get no credit
+    with pytest.raises(KdbenchError, match="unknown attack parameter"):
+        evaluate(default_model, attacks=["test-noise:steps=2"], **kw)
+    with pytest.raises(KdbenchError, match="supports Linf"):
+        evaluate(default_model, attacks=["test-noise"], norm="L2", **kw)

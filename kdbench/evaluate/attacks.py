@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import KdbenchError
+from ..registry import Registry
 
 
 @dataclass
@@ -186,11 +187,46 @@ def _defaults(given: Dict[str, Any], **defaults) -> Dict[str, Any]:
     return {**defaults, **given}
 
 
+ATTACKS = Registry("attack")  # user attacks (register_attack); the built-in ones are ATTACK_NAMES below
+
+
+def register_attack(name: str, norms=("Linf", "L2"), defaults: Optional[Dict[str, Any]] = None):
+    """Register a user attack under ``name`` (usable in specs and suites like the built-ins):
+
+        @register_attack("noise", defaults={"tries": 10})
+        def noise(eps, norm, seed, num_classes, tries):
+            def run(model, x, y):       # -> adversarial images, float in [0, 1]
+                ...
+            return run
+
+    The factory receives the budget, norm, seed, class count and the spec's parameters (merged
+    over ``defaults``; unknown keys are refused); kdbench re-checks every returned example
+    (misclassified, in [0, 1], within the budget) as for the library attacks."""
+    def deco(factory):
+        if name.lower() in ATTACK_NAMES:
+            raise ValueError(f"attack {name!r} is built in")
+        factory._kdbench_norms, factory._kdbench_defaults = tuple(norms), dict(defaults or {})
+        return ATTACKS.register(name)(factory)
+
+    return deco
+
+
 def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_classes: int = 10) -> Attack:
     name, backend, kw = parse_spec(spec)
     linf = norm == "Linf"
+    if name in ATTACKS:
+        factory = ATTACKS.get(name)
+        if backend not in (None, "user"):
+            raise KdbenchError(f"attack {name!r} is a user attack; it has no backend {backend!r}")
+        if norm not in factory._kdbench_norms:
+            raise KdbenchError(f"attack {name!r} supports {', '.join(factory._kdbench_norms)}, not {norm}")
+        p = _defaults(kw, **factory._kdbench_defaults)
+        return Attack(spec, name, "user", {"eps": eps, **p}, factory(eps=eps, norm=norm, seed=seed,
+                                                                    num_classes=num_classes, **p),
+                      norm=norm, eps=eps)
     if name not in ATTACK_NAMES:
-        raise KdbenchError(f"unknown attack {name!r} in {spec!r}; known: {', '.join(ATTACK_NAMES)}")
+        known = ", ".join(ATTACK_NAMES + ATTACKS.names())
+        raise KdbenchError(f"unknown attack {name!r} in {spec!r}; known: {known}")
     b = backend or DEFAULT_BACKEND[name]
     if b not in BACKENDS[name]:
         raise KdbenchError(f"attack {name!r} has no backend {b!r}; available: {', '.join(BACKENDS[name])}")
