@@ -127,6 +127,7 @@ def _add_leaderboard(sub):
     p.add_argument("--title", help="markdown title")
     p.add_argument("--checkpoints", help="copy each row's checkpoint (< 1 MB) and config into DIR/<name>/")
     p.add_argument("--results", help="write each row's primary result JSON to DIR/<name>.json")
+    p.add_argument("--plots", help="write pareto.png and student_vs_teacher.png into DIR")
     p.set_defaults(func=cmd_leaderboard)
 
 
@@ -154,6 +155,9 @@ def cmd_leaderboard(args) -> int:
     if args.checkpoints:
         lb.export_checkpoints(rows, args.checkpoints)
     lb.print_rows(rows)
+    if args.plots:
+        for p in lb.plot(rows, args.plots):
+            print(p)
     if args.out:
         title = args.title or f"kdbench leaderboard: {rows[0]['dataset']} ({rows[0]['threat']})"
         for p in lb.write(rows, args.out, title):

@@ -279,3 +279,64 @@ def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List
         r["checkpoint"] = str(d / "best.safetensors")
         out.append(d)
     return out
+
+
+def _headline(row: dict) -> float:
+    return row["autoattack"] if row["autoattack"] is not None else row["worst_case"]
+
+
+def pareto_front(points):
+    """Indices of the points (clean, robust) no other point beats on both (ties kept)."""
+    return [i for i, (c, r) in enumerate(points)
+            if not any((c2 >= c and r2 >= r) and (c2 > c or r2 > r) for c2, r2 in points)]
+
+
+def plot(rows: List[dict], out_dir) -> List[Path]:
+    """``pareto.png``: clean against robust accuracy (AutoAttack, else the worst case) per row with
+    the Pareto front; ``student_vs_teacher.png``: each distilled row's robust accuracy against its
+    teachers' (mean over teachers that have rows on the same board)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pts = [(r["clean"], _headline(r)) for r in rows]
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18)
+    for r, (c, rob) in zip(rows, pts):
+        ax.annotate(r["name"], (c, rob), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    fp = sorted(pts[i] for i in front)
+    ax.plot([p[0] for p in fp], [p[1] for p in fp], "r--", lw=1, label="Pareto front")
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("robust accuracy (AutoAttack, else worst case)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [out / "pareto.png"]
+    fig.savefig(paths[0], dpi=130)
+    plt.close(fig)
+    by_name = {r["name"]: r for r in rows}
+    pairs = []
+    for r in rows:
+        ts = [by_name.get(Path(t).name) for t in r["teachers"].split(";") if t]
+        ts = [t for t in ts if t is not None]
+        if ts:
+            pairs.append((r["name"], sum(_headline(t) for t in ts) / len(ts), _headline(r)))
+    if pairs:
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        ax.scatter([p[1] for p in pairs], [p[2] for p in pairs], s=18)
+        for name, t, s in pairs:
+            ax.annotate(name, (t, s), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        lo = min(min(p[1] for p in pairs), min(p[2] for p in pairs))
+        hi = max(max(p[1] for p in pairs), max(p[2] for p in pairs))
+        ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="student = teacher")
+        ax.set_xlabel("teacher robust accuracy (mean over its teachers)")
+        ax.set_ylabel("student robust accuracy")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "student_vs_teacher.png")
+        fig.savefig(paths[-1], dpi=130)
+        plt.close(fig)
+    return paths

@@ -54,6 +54,7 @@ def test_rows_group_seeds_sort_and_statistics():
     assert ard["mwu_vs_next"].startswith("U=9 p=0.1 ")
     assert rows[1]["mwu_vs_next"] is None
     assert lb.build_rows(results, method="rslad")[0]["name"] == "rslad"
+    assert lb.pareto_front([(0.9, 0.1), (0.8, 0.5), (0.7, 0.4), (0.6, 0.5)]) == [0, 1]
     assert lb.build_rows(results, eps=0.2) == []
 
 
@@ -116,7 +117,7 @@ def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
                 "--no-teachers", "--seed", 3, "--out", tmp_path / "e3.json", "--no-progress")
     assert r.returncode == 0, r.stderr
     r = run_cli("leaderboard", "--db", db, "--out", tmp_path / "board", "--checkpoints", tmp_path / "ck",
-                "--results", tmp_path / "res")
+                "--results", tmp_path / "res", "--plots", tmp_path / "plots")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "board.csv")))
     assert len(rows) == 1 and rows[0]["name"] == "teacher" and rows[0]["method"] == "pgd-at"
@@ -126,6 +127,7 @@ def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
     assert json.loads((tmp_path / "board.json").read_text())[0]["architecture"] == "smallcnn"
     assert (tmp_path / "ck" / "teacher" / "best.safetensors").is_file()
     assert (tmp_path / "res" / "teacher.json").is_file()
+    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 5_000
     # the committed checkpoint re-evaluates and passes the gate against its own row; a weaker model fails it
     r = run_cli("evaluate", "--model", tmp_path / "ck" / "teacher", "--n", 150, "--attacks", "fgsm,pgd", "--db", "",
                 "--no-checks", "--no-teachers", "--seed", 1, "--out", tmp_path / "again.json", "--no-progress")
