@@ -10,8 +10,9 @@ Exit 0: no regression; 1: a regression; 2: bad input.  The metric is ``worst_cas
 * ``--tolerance auto`` (default): a one-sided test at ``--alpha`` (0.01).  When both sides hold
   per-sample outcomes on the same points (same labels and subset, or the shared test-set
   indices of two subsets), the exact McNemar test on the discordant points (robust before but
-  not now vs the reverse); otherwise a two-proportion z-test.  So a re-evaluation with another attack seed, or a retrained model whose accuracy moves
-  within noise, passes, and a real drop fails.
+  not now vs the reverse); otherwise a two-proportion z-test.  So a re-evaluation with another
+  attack seed, or a retrained model whose accuracy moves within noise, passes, and a real drop
+  fails.
 * A validity flag that fires in the result but not in the baseline is a regression too.
 * ``--two-sided``: a significant change either way fails (a reproduction check).
 """

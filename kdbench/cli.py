@@ -125,7 +125,8 @@ def _add_leaderboard(sub):
     p.add_argument("--method", help="keep rows whose method or name contains this")
     p.add_argument("--out", help="write OUT.csv, OUT.md and OUT.json (RobustBench-style entries)")
     p.add_argument("--title", help="markdown title")
-    p.add_argument("--checkpoints", help="copy each row's checkpoint (< 1 MB) and config into DIR/<name>/")
+    p.add_argument("--checkpoints",
+                   help="copy each row's checkpoint (< 1 MB), config and metrics into DIR/<run dir>/")
     p.add_argument("--results", help="write each row's primary result JSON to DIR/<name>.json")
     p.add_argument("--plots", help="write pareto.png and student_vs_teacher.png into DIR")
     p.set_defaults(func=cmd_leaderboard)

@@ -260,7 +260,7 @@ def print_rows(rows: List[dict]) -> None:
 
 
 def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List[Path]:
-    """Copy each row's checkpoint (and its run config) into ``dest/<name>/`` when under
+    """Copy each row's checkpoint (with its run config and metrics) into ``dest/<run dir>/`` when under
     ``max_bytes``, so the committed numbers can be re-checked; updates the rows' paths."""
     import shutil
 
@@ -270,12 +270,14 @@ def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List
         ck = r.get("checkpoint")
         if not ck or not Path(ck).is_file() or Path(ck).stat().st_size > max_bytes:
             continue
-        d = dest / r["name"]
+        d = dest / Path(ck).parent.name  # the run directory's name (seed suffix kept)
         d.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ck, d / "best.safetensors")
-        cfg = Path(ck).parent / "config.yaml"
-        if cfg.is_file():
-            shutil.copyfile(cfg, d / "config.yaml")
+        if Path(ck).resolve() != (d / "best.safetensors").resolve():
+            shutil.copyfile(ck, d / "best.safetensors")
+        for extra in ("config.yaml", "metrics.jsonl"):
+            src = Path(ck).parent / extra
+            if src.is_file() and src.resolve() != (d / extra).resolve():
+                shutil.copyfile(src, d / extra)
         r["checkpoint"] = str(d / "best.safetensors")
         out.append(d)
     return out

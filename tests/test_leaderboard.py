@@ -125,7 +125,7 @@ def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
     assert float(rows[0]["pgd20"]) == pytest.approx(e["attacks"]["pgd"]["robust_accuracy"])  # the newest result
     assert "| teacher | pgd-at |" in (tmp_path / "board.md").read_text()
     assert json.loads((tmp_path / "board.json").read_text())[0]["architecture"] == "smallcnn"
-    assert (tmp_path / "ck" / "teacher" / "best.safetensors").is_file()
+    assert (tmp_path / "ck" / "teacher" / "best.safetensors").is_file()  # named by the run directory
     assert (tmp_path / "res" / "teacher.json").is_file()
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 5_000
     # the committed checkpoint re-evaluates and passes the gate against its own row; a weaker model fails it
