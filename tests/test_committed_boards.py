@@ -1,0 +1,35 @@
+"""kdbench's own regression gate (leaderboards issue): re-evaluate a committed checkpoint of the
+Fashion-MNIST board with the quick suite on 200 of the board's 1 000 test points and check it
+against the committed numbers: two-sided and paired on the shared points against the committed
+per-sample result (the numbers must reproduce: an attack that got weaker fails too), one-sided
+against the CSV row (as a user's CI would)."""
+import json
+
+import pytest
+from conftest import ROOT, run_cli
+
+from kdbench.leaderboard import read_csv
+
+BOARD = ROOT / "leaderboards" / "fashion-mnist.csv"
+CHECKPOINTS = ROOT / "leaderboards" / "checkpoints" / "fashion-mnist"
+RESULTS = ROOT / "leaderboards" / "results" / "fashion-mnist"
+GATED = ["pgd-at"]  # rows re-evaluated on every CI run
+
+
+@pytest.mark.parametrize("name", GATED)
+def test_committed_row_reproduces(name, tmp_path):
+    row = {r["name"]: r for r in read_csv(BOARD)}[name]
+    out = tmp_path / f"{name}.json"
+    r = run_cli("evaluate", "--model", CHECKPOINTS / f"{name}-s0", "--dataset", "fashion-mnist", "--n", 200, "--suite",
+                "quick", "--seed", row["eval_seed"], "--no-teachers", "--no-checks", "--db", "", "--out", out,
+                "--no-progress", timeout=900)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["provenance"]["model"]["weights_sha256"] == row["sha256"]
+    assert set(res["per_sample"]["index"]) <= set(json.loads((RESULTS / f"{name}.json").read_text())
+                                                   ["per_sample"]["index"])
+    for metric in ("clean", "fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t"):
+        r = run_cli("check", out, "--baseline", RESULTS / f"{name}.json", "--metric", metric, "--two-sided")
+        assert r.returncode == 0 and "shared points" in r.stdout, r.stdout + r.stderr
+    r = run_cli("check", out, "--baseline", BOARD, "--metric", "pgd")
+    assert r.returncode == 0 and "no regression" in r.stdout, r.stdout + r.stderr
