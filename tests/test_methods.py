@@ -108,3 +108,11 @@ def test_ta_chain_three_linked_run_dirs(tmp_path):
     assert all((d / "best.safetensors").exists() for d in dirs)
     hist = [json.loads(l) for l in (dirs[2] / "metrics.jsonl").read_text().splitlines()]
     assert hist[-1]["clean_acc"] > 0.2
+    from kdbench.train.rundir import run_summary
+
+    # leaderboard rows name the chain after its root and charge the student for the assistant's training
+    summ = [run_summary(d, c) for d, c in zip(dirs, cfgs)]
+    assert [s["name"] for s in summ] == ["chain/teacher", "chain/assistant", "chain"]
+    secs = [sum(json.loads(l)["seconds"] for l in (d / "metrics.jsonl").read_text().splitlines()) for d in dirs]
+    assert summ[2]["train_seconds"] == pytest.approx(secs[1] + secs[2])
+    assert summ[1]["train_seconds"] == pytest.approx(secs[1]) and summ[2]["epochs_done"] == 1

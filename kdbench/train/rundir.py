@@ -66,14 +66,25 @@ def run_summary(run_dir, cfg: dict) -> dict:
     if mp.is_file():
         hist = [json.loads(line) for line in mp.read_text().splitlines() if line.strip()]
     canon = {k: v for k, v in cfg.items() if k not in ("kdbench_version", "resolved", "data_dir", "device")}
-    return {"name": Path(run_dir).resolve().name, "method": cfg.get("method"), "model": cfg.get("model"),
+    name, costed = Path(run_dir).resolve().name, list(hist)
+    chain = cfg.get("chain") or {}
+    if chain.get("root"):  # a teacher-assistant chain: named after its root, costed with the links before it
+        root = Path(chain["root"]).name
+        name = root if chain.get("role") == "student" else f"{root}/{chain.get('role')}"
+        from .chain import link_names
+
+        for prev in link_names(int(chain.get("links", 1)))[:int(chain.get("index", 1)) - 1]:
+            link = Path(run_dir).resolve().parent / prev / METRICS
+            if link.is_file():
+                costed += [json.loads(line) for line in link.read_text().splitlines() if line.strip()]
+    return {"name": name, "method": cfg.get("method"), "model": cfg.get("model"),
             "model_kwargs": cfg.get("model_kwargs") or {}, "teachers": cfg.get("teachers") or [],
             "method_params": cfg.get("method_params") or {}, "seed": cfg.get("seed"), "epochs": cfg.get("epochs"),
             "train_subset": cfg.get("train_subset"), "train_size": (cfg.get("resolved") or {}).get("train_size"),
-            "device": (cfg.get("resolved") or {}).get("device"),
-            "epochs_done": len(hist), "train_seconds": sum(h.get("seconds", 0.0) for h in hist),
-            "student_forward_images": sum(h.get("student_forward_images", 0) for h in hist),
-            "teacher_forward_images": sum(h.get("teacher_forward_images", 0) for h in hist),
+            "device": (cfg.get("resolved") or {}).get("device"), "epochs_done": len(hist),
+            "train_seconds": sum(h.get("seconds", 0.0) for h in costed),
+            "student_forward_images": sum(h.get("student_forward_images", 0) for h in costed),
+            "teacher_forward_images": sum(h.get("teacher_forward_images", 0) for h in costed),
             "config_sha256": hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()}
 
 

@@ -9,11 +9,14 @@
 # PGD-AT, TRADES) plus a small naturally trained ViT (Adam) for DARHT's heterogeneous setting
 # (teachers differing in architecture and training algorithm, as the DARHT paper's natural ViTs).  Every step skips
 # what is already done, so the recipe resumes where it stopped (an interrupted training run
-# continues with --resume).  Evaluation: the standard suite on 1 000 test points for seed 0, the
-# quick suite on the same 1 000 points for seeds 1 and 2; all results go to one SQLite store.
-# Cost measured on a 2-core CPU: a student trains in 2 (DD, TAKD) to 20 minutes (SmaraAD) with
-# two workers; the quick suite on 1 000 points takes about 20 minutes per smallcnn (APGD-T's 9
-# targets x 100 steps on every robust point dominate), the standard suite about twice that.
+# continues with --resume).  TAKD is seed 000's chain: PGD-AT teacher -> assistant -> student, all
+# smallcnn, each link the DD budget (the row's cost counts both links).  Evaluation: the quick suite
+# (SUITE0=standard adds AutoAttack and Square) on 500 test points for seed 0 with the distillation
+# metrics against the run's teachers, the quick suite on the same points for seeds 1 and 2; all
+# results go to one SQLite store.
+# Cost measured on a 2-core CPU: a student trains in 2 (DD) to 20 minutes (SmaraAD) with two
+# workers; the quick suite takes about 2 minutes per 100 points on a robust smallcnn at one thread
+# (APGD-T's 9 targets x 100 steps on every robust point dominate), the standard suite twice that.
 # "restore" copies the committed finished runs and results store back, "save" commits them.
 set -euo pipefail
 STAGE=${1:-all}
@@ -22,7 +25,8 @@ BOARD=${BOARD:-leaderboards/fashion-mnist}
 SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"natural pgd-at trades ard iad iad-ii rslad mtard adaad darht darht-het smaraad smaraadpp agkd-bml dd takd"}
 KD=${KD:-kdbench}
-N=${N:-1000}
+N=${N:-500}
+SUITE0=${SUITE0:-quick}
 COMMON="--dataset fashion-mnist --train-subset 5000 --batch-size 128 --no-progress"
 T48="--model smallcnn --set model_kwargs.width=48 --epochs 10"
 
@@ -69,15 +73,36 @@ student() {  # student METHOD SEED
   for dir in $(echo "$t" | tr ' ' '\n' | grep "^$RUNS/"); do  # never distil from an unfinished teacher
     finished "$dir" || { echo "waiting for $dir: $id-s$s later"; return 0; }
   done
-  run "$RUNS/$id-s$s" --method "$m" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra
+  if [ "$m" = takd ]; then chain "$RUNS/$id-s$s" --method takd $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra
+  else run "$RUNS/$id-s$s" --method "$m" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra; fi
+}
+
+chain() {  # chain ROOT ARGS...: teacher -> assistant -> student under ROOT (ROOT/assistant, ROOT/student)
+  local root=$1; shift
+  finished "$root/student" && return 0
+  mkdir -p "$root"
+  mkdir "$root.lock" 2>/dev/null || { echo "another worker trains $root"; return 0; }
+  local rc=0
+  $KD train "$@" --chain 2 --resume --out "$root" || rc=$?
+  rmdir "$root.lock"
+  [ $rc = 0 ] || echo "FAILED ($rc): $root"
+}
+
+trained() {  # trained NAME: the directory holding the run's final model
+  if [ -d "$1/student" ] || [ "$(basename "$1" | sed 's/-s[0-9]*$//')" = takd ]; then echo "$1/student"; else echo "$1"; fi
 }
 
 evaluate() {  # evaluate DIR SUITE [ARGS...]: skipped when done or when the run has not finished training
   local dir=$1 suite=$2; shift 2
+  dir=$(trained "$dir")
   [ -f "$dir/eval-$suite.json" ] && return 0
   finished "$dir" || { echo "not trained yet: $dir"; return 0; }
+  mkdir "$dir.eval-lock" 2>/dev/null || { echo "another worker evaluates $dir"; return 0; }
+  local rc=0
   $KD evaluate --model "$dir" --dataset fashion-mnist --num-points "$N" --suite "$suite" --db "$RUNS/results.db" \
-    --resume --out "$dir/eval-$suite.json" --no-progress "$@" > "$dir/eval-$suite.log"
+    --resume --out "$dir/eval-$suite.json" --no-progress "$@" > "$dir/eval-$suite.log" || rc=$?
+  rmdir "$dir.eval-lock"
+  [ $rc = 0 ] || echo "FAILED evaluation ($rc): $dir"
 }
 
 SAVED=${SAVED:-leaderboards/checkpoints/fashion-mnist}
@@ -98,23 +123,23 @@ if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
     teachers
     for s in $SEEDS; do for m in $METHODS; do student "$m" "$s"; done; done
     todo=0
-    for s in $SEEDS; do for m in $METHODS; do finished "$RUNS/$m-s$s" || todo=1; done; done
+    for s in $SEEDS; do for m in $METHODS; do finished "$(trained "$RUNS/$m-s$s")" || todo=1; done; done
     [ $todo = 0 ] && break
     sleep 60
   done
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
-  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" standard; done
+  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" "$SUITE0"; done
   for s in $SEEDS; do for m in $METHODS; do  # distillation metrics (the run's teachers) on the first seed
-    if [ "$s" = 0 ]; then evaluate "$RUNS/$m-s$s" standard; else evaluate "$RUNS/$m-s$s" quick --no-teachers; fi
+    if [ "$s" = 0 ]; then evaluate "$RUNS/$m-s$s" "$SUITE0"; else evaluate "$RUNS/$m-s$s" quick --no-teachers; fi
   done; done
 fi
 if [ "$STAGE" = save ] || [ "$STAGE" = all ]; then
   # keep every finished run (under 1 MB of weights each) and the results store, evaluation
   # progress included, so the next machine resumes instead of retraining
-  for d in "$RUNS"/*/; do
-    n=$(basename "$d")
-    case "$n" in *.lock) continue;; esac
+  for d in "$RUNS"/*/ "$RUNS"/*/*/; do  # */*/: the links of teacher-assistant chains
+    n=${d#"$RUNS"/}; n=${n%/}
+    case "$n" in *lock*) continue;; esac
     finished "$d" || continue
     mkdir -p "$SAVED/$n"
     for f in config.yaml best.safetensors metrics.jsonl; do cp "$d/$f" "$SAVED/$n/"; done
