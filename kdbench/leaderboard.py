@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import yaml
+
 from .errors import KdbenchError
 from .evaluate.attacks import SUITES
 from .evaluate.metrics import wilson
@@ -270,7 +272,7 @@ def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List
         ck = r.get("checkpoint")
         if not ck or not Path(ck).is_file() or Path(ck).stat().st_size > max_bytes:
             continue
-        d = dest / Path(ck).parent.name  # the run directory's name (seed suffix kept)
+        d = dest / _run_path(Path(ck).parent)
         d.mkdir(parents=True, exist_ok=True)
         if Path(ck).resolve() != (d / "best.safetensors").resolve():
             shutil.copyfile(ck, d / "best.safetensors")
@@ -281,6 +283,15 @@ def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List
         r["checkpoint"] = str(d / "best.safetensors")
         out.append(d)
     return out
+
+
+def _run_path(run_dir: Path) -> Path:
+    """A run directory's name (seed suffix kept); ``root/role`` for a link of a teacher-assistant chain."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+    chain = (cfg or {}).get("chain") or {}
+    if chain.get("root") and chain.get("role"):
+        return Path(Path(chain["root"]).name) / chain["role"]
+    return Path(run_dir.name)
 
 
 def _headline(row: dict) -> float:

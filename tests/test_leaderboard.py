@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import yaml
 from conftest import run_cli
 
 from kdbench import leaderboard as lb
@@ -161,3 +162,21 @@ def test_check_pairs_a_subset_on_shared_test_indices(tmp_path):
     res["worst_case"]["robust_accuracy"] = 0.0
     regressed, text = check(write(tmp_path, "r.json", res), write(tmp_path, "b.json", base))
     assert regressed and "100 lost, 0 gained" in text, text
+
+
+def test_export_checkpoints_keeps_chain_links_apart(tmp_path):
+    from kdbench.leaderboard import export_checkpoints
+
+    rows = []
+    for run, chain in (("pgd-at-s0", None), ("takd-s0/student", {"root": "runs/takd-s0", "role": "student"}),
+                       ("other/student", {"root": "runs/other", "role": "student"})):
+        d = tmp_path / "runs" / run
+        d.mkdir(parents=True)
+        (d / "best.safetensors").write_bytes(run.encode())
+        (d / "config.yaml").write_text(yaml.safe_dump({"method": "takd", "chain": chain}))
+        rows.append({"checkpoint": str(d / "best.safetensors")})
+    dirs = export_checkpoints(rows, tmp_path / "ck")
+    assert [d.relative_to(tmp_path / "ck").as_posix() for d in dirs] == ["pgd-at-s0", "takd-s0/student",
+                                                                        "other/student"]
+    assert (tmp_path / "ck" / "takd-s0" / "student" / "best.safetensors").read_bytes() == b"takd-s0/student"
+    assert rows[1]["checkpoint"] == str(tmp_path / "ck" / "takd-s0" / "student" / "best.safetensors")
