@@ -180,20 +180,22 @@ def cw_l0(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tenso
         grad = torch.zeros_like(x)
         sol = prev.clone()
 
-        def objective(d):
-            xt = valid * _to01(d + ws) + (1 - valid) * x
-            z = model(xt)
-            f = margin(z, y, targets, kappa)
-            return xt, z, f, c * f + (xt - x).flatten(1).pow(2).sum(1)
-
         while not done.all():
             for _ in range(steps):
-                xt, z, f, per = objective(delta)
-                g, = torch.autograd.grad(per.sum(), delta)  # per-image: each loss depends on its own row
+                # only the images still solving go through the model (a batch is as slow as its
+                # slowest image otherwise); each loss depends on its own row, so one backward serves all
+                act = (~done).nonzero().squeeze(1)
+                va, xa_ = valid[act], x[act]
+                xt = va * _to01(delta[act] + ws[act]) + (1 - va) * xa_
+                f = margin(model(xt), y[act], None if targets is None else targets[act], kappa)
+                per = c[act] * f + (xt - xa_).flatten(1).pow(2).sum(1)
+                g, = torch.autograd.grad(per.sum(), delta)  # zero on the rows not in act
                 with torch.no_grad():
-                    hit = ~done & (f < 1e-4)  # success read at the pre-step point (abort early)
+                    hit_a = f < 1e-4  # success read at the pre-step point (abort early)
+                    hit = torch.zeros_like(done)
+                    hit[act[hit_a]] = True
                     grad[hit] = g[hit]
-                    sol[hit] = xt.detach()[hit]
+                    sol[act[hit_a]] = xt.detach()[hit_a]
                     found |= hit
                     done |= hit
                 if done.all():
