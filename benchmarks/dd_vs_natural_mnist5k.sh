@@ -5,12 +5,15 @@
 # init at T = 100 on the teacher's soft labels, tested at T = 1 -- beside a natural model from the
 # same init.  cwnet (Papernot/Carlini 9-layer net), SGD Nesterov, no augmentation, EPOCHS epochs.
 #   bash benchmarks/dd_vs_natural_mnist5k.sh [RUNS_DIR]
+# EPOCHS (20), CW_N (100 points for the minimal-perturbation attacks) and CW_ATTACKS (Carlini's
+# settings by default; e.g. "cw-l0:steps=100,cw-l2,cw-linf-min" for a quicker, weaker CW-L0) scale it.
 set -euo pipefail
 RUNS=${1:-runs/dd-vs-natural}
 EPOCHS=${EPOCHS:-20}
 LR=${LR:-0.05}
 KD=${KD:-kdbench}
 CW_N=${CW_N:-100}
+CW_ATTACKS=${CW_ATTACKS:-cw-l0,cw-l2,cw-linf-min}
 BASE="--config configs/dd/mnist5k.yaml --set teachers=[] --lr $LR --no-progress"
 done_() { [ -f "$1/metrics.jsonl" ] && [ "$(wc -l < "$1/metrics.jsonl")" -ge "$2" ]; }
 done_ "$RUNS/init" 1 || $KD train $BASE --method natural --set method_params={} --epochs 1 --out "$RUNS/init"
@@ -23,7 +26,7 @@ done_ "$RUNS/dd-student" "$EPOCHS" || $KD train $BASE --method dd --set method_p
 for m in natural dd-student; do
   [ -f "$RUNS/$m/acc.json" ] || $KD evaluate --model "$RUNS/$m" --n 1000 --attacks pgd,cw-linf --db "" \
     --no-teachers --out "$RUNS/$m/acc.json" --no-progress > "$RUNS/$m/acc.txt"
-  [ -f "$RUNS/$m/cw.json" ] || $KD evaluate --model "$RUNS/$m" --n "$CW_N" --attacks cw-l0,cw-l2,cw-linf-min \
+  [ -f "$RUNS/$m/cw.json" ] || $KD evaluate --model "$RUNS/$m" --n "$CW_N" --attacks "$CW_ATTACKS" \
     --no-checks --no-teachers --db "" --out "$RUNS/$m/cw.json" --no-progress > "$RUNS/$m/cw.txt"
 done
 python - "$RUNS" <<'PY'
