@@ -182,7 +182,17 @@ def test_store_and_resume_after_failure(default_model, digits, tmp_path, monkeyp
     assert calls["resumed"] == 2  # only pgd chunks 2 and 3 ran again
     assert res["per_sample"] == ref["per_sample"]
     assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
-    assert con.execute("SELECT COUNT(*) FROM partial").fetchone()[0] == 0
+    assert con.execute("SELECT COUNT(*) FROM partial").fetchone()[0] == 8  # kept: a per-chunk cache
+    # a larger suite on the same points runs only the new attack and agrees with a fresh run
+    calls["resumed"] = 0
+    wider = dict(kw, attacks=["fgsm", "pgd", "pgd:steps=5"])
+    res2 = evaluate(default_model, store=ResultStore(db), resume=True, **wider).to_dict()
+    assert calls["resumed"] == 4  # pgd:steps=5 only (its parameters differ from pgd's)
+    fresh = evaluate(default_model, store=ResultStore(tmp_path / "fresh.db"), **wider).to_dict()
+    assert res2["per_sample"] == fresh["per_sample"]
+    same = lambda r: {k: v for k, v in r["attacks"]["pgd"].items() if k != "seconds"}  # noqa: E731
+    assert same(res2) == same(res)
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2
 
 
 def test_bad_inputs(default_model):

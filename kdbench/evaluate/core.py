@@ -192,10 +192,17 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         if a.library_batches:
             a.run.batch_size = batch_size
 
-    key_src = {"model": (provenance or {}).get("model"), "data": data_prov, "attacks": [(a.key, a.params)
-               for a in built], "eps": eps, "norm": norm, "seed": seed, "cascade": cascade,
-               "chunk_size": chunk_size, "batch_size": batch_size}
+    # Stored per-chunk outcomes are keyed by model, points and settings; without --cascade an attack's
+    # outcome does not depend on the other attacks, so the attack list stays out of the key and a
+    # later suite on the same points (standard after quick) reuses every attack already run.
+    key_src = {"model": (provenance or {}).get("model"), "data": data_prov, "eps": eps, "norm": norm,
+               "seed": seed, "cascade": cascade, "chunk_size": chunk_size, "batch_size": batch_size,
+               **({"attacks": [(a.key, a.params) for a in built]} if cascade else {})}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def slot(a):  # an attack's row in the store: its spec and every parameter it ran with
+        return f"{a.key}#" + hashlib.sha256(json.dumps([a.backend, a.params], sort_keys=True,
+                                                       default=str).encode()).hexdigest()[:12]
     if store is not None and not resume and dinfo.main:
         store.clear_partial(key)
     ddist.barrier(dinfo)
@@ -231,7 +238,7 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
             stored_seconds = 0.0
             task = bar.add_task(f"{a.key} ({a.backend})", total=sum(len(i) for _, i in mine))
             for k, idx in mine:
-                part = store.get_partial(key, a.key, k) if (store is not None and resume) else None
+                part = store.get_partial(key, slot(a), k) if (store is not None and resume) else None
                 if part is not None:
                     robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
                     if a.min_norm:
@@ -254,7 +261,7 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
                     robust[idx] &= still[idx]
                 bar.advance(task, len(idx) - len(target))
                 if store is not None:
-                    store.put_partial(key, a.key, k, robust[idx].tolist(), counted.forward_images - c_f0,
+                    store.put_partial(key, slot(a), k, robust[idx].tolist(), counted.forward_images - c_f0,
                                       counted.backward_images - c_b0, time.time() - c_t0,
                                       dists[idx].tolist() if a.min_norm else None)
             if dinfo.enabled:

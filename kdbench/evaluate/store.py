@@ -1,10 +1,12 @@
 """The SQLite results store (``--db``, default ``./kdbench.db``).
 
-``results`` holds one row per finished evaluation, written with the scratch rows it
-supersedes deleted in the same transaction: an interrupted or failed run never leaves a
-partial result and never alters earlier rows.  ``partial`` holds per-chunk attack outcomes
-of runs in progress, keyed by the evaluation's configuration hash, so ``--resume`` continues
-where a run stopped.
+``results`` holds one row per finished evaluation, written in one transaction: an interrupted
+or failed run never leaves a partial result and never alters earlier rows.  ``partial`` holds
+per-chunk attack outcomes keyed by the evaluation's configuration hash (model, points, eps,
+seed, chunking; the attack list too under ``--cascade``) and the attack's spec and parameters,
+so ``--resume`` continues where a run stopped and reuses every attack already run on the same
+points (the standard suite after the quick suite runs only AutoAttack and Square).  A run
+without ``--resume`` clears its key's rows first.
 """
 from __future__ import annotations
 
@@ -74,8 +76,7 @@ class ResultStore:
                  prov.get("model", {}).get("weights_sha256"), prov.get("dataset", {}).get("name"),
                  result["config"]["norm"], result["config"]["eps"], result["n"], result["clean_accuracy"],
                  (result.get("worst_case") or {}).get("robust_accuracy"), json.dumps(result)))
-            self.db.execute("DELETE FROM partial WHERE key=?", (key,))
-        return cur.lastrowid
+        return cur.lastrowid  # the per-chunk rows stay: a later suite on the same points reuses them
 
     def results(self) -> List[dict]:
         return [json.loads(r[0]) for r in self.db.execute("SELECT json FROM results ORDER BY id")]
