@@ -28,7 +28,7 @@ def test_recipes_name_registered_methods_and_existing_configs():
     methods = _default(fm, "METHODS")
     assert len(methods) == 16 and all(m.replace("darht-het", "darht") in METHODS for m in methods)
     assert "--train-subset 5000" in fm and "--epochs 5" in fm
-    assert _default(fm, "N") == ["500"] and _default(fm, "SUITE0") == ["quick"]
+    assert _default(fm, "N") == ["1000"] and _default(fm, "SUITE0") == ["standard"]
     ps = (ROOT / "leaderboards" / "recipes" / "paper-scale.sh").read_text()
     for ds in ("cifar10", "cifar100"):
         for m in _default(ps, "METHODS") + ["natural"]:

@@ -10,13 +10,15 @@
 # (teachers differing in architecture and training algorithm, as the DARHT paper's natural ViTs).  Every step skips
 # what is already done, so the recipe resumes where it stopped (an interrupted training run
 # continues with --resume).  TAKD is seed 000's chain: PGD-AT teacher -> assistant -> student, all
-# smallcnn, each link the DD budget (the row's cost counts both links).  Evaluation: the quick suite
-# (SUITE0=standard adds AutoAttack and Square) on 500 test points for seed 0 with the distillation
-# metrics against the run's teachers, the quick suite on the same points for seeds 1 and 2; all
-# results go to one SQLite store.
+# smallcnn, each link the DD budget (the row's cost counts both links).  Evaluation on 1 000 test
+# points: the standard suite for seed 0 (reached through the quick suite, whose attacks the store
+# reuses) with the distillation metrics against the run's teachers, the quick suite for seeds 1
+# and 2; all results go to one SQLite store.  Two workers (OMP_NUM_THREADS=1 each) may run a stage
+# at once: runs and evaluations are locked.
 # Cost measured on a 2-core CPU: a student trains in 2 (DD) to 20 minutes (SmaraAD) with two
-# workers; the quick suite takes about 2 minutes per 100 points on a robust smallcnn at one thread
-# (APGD-T's 9 targets x 100 steps on every robust point dominate), the standard suite twice that.
+# workers; the quick suite takes about 20 minutes per robust smallcnn at one thread (APGD-T's 9
+# targets x 100 steps on every robust point dominate), AutoAttack and Square as much again; the
+# width-48 teachers cost about 3x a student.
 # "restore" copies the committed finished runs and results store back, "save" commits them.
 set -euo pipefail
 STAGE=${1:-all}
@@ -25,8 +27,8 @@ BOARD=${BOARD:-leaderboards/fashion-mnist}
 SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"natural pgd-at trades ard iad iad-ii rslad mtard adaad darht darht-het smaraad smaraadpp agkd-bml dd takd"}
 KD=${KD:-kdbench}
-N=${N:-500}
-SUITE0=${SUITE0:-quick}
+N=${N:-1000}
+SUITE0=${SUITE0:-standard}
 COMMON="--dataset fashion-mnist --train-subset 5000 --batch-size 128 --no-progress"
 T48="--model smallcnn --set model_kwargs.width=48 --epochs 10"
 
@@ -129,10 +131,17 @@ if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
   done
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
-  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" "$SUITE0"; done
-  for s in $SEEDS; do for m in $METHODS; do  # distillation metrics (the run's teachers) on the first seed
-    if [ "$s" = 0 ]; then evaluate "$RUNS/$m-s$s" "$SUITE0"; else evaluate "$RUNS/$m-s$s" quick --no-teachers; fi
-  done; done
+  # Seed 0 first, students before teachers: the quick suite (an interim board), then the standard
+  # suite, which takes the quick suite's attacks from the store and adds AutoAttack and Square, with
+  # the distillation metrics against the run's teachers; then the quick suite for the other seeds.
+  for s in $SEEDS; do [ "$s" = 0 ] || continue
+    for m in $METHODS; do evaluate "$RUNS/$m-s0" quick --no-teachers; done
+    for m in $METHODS; do evaluate "$RUNS/$m-s0" "$SUITE0"; done
+  done
+  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" quick; evaluate "$RUNS/teacher-$t" "$SUITE0"; done
+  for s in $SEEDS; do [ "$s" = 0 ] && continue
+    for m in $METHODS; do evaluate "$RUNS/$m-s$s" quick --no-teachers; done
+  done
 fi
 if [ "$STAGE" = save ] || [ "$STAGE" = all ]; then
   # keep every finished run (under 1 MB of weights each) and the results store, evaluation
