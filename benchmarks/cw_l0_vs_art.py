@@ -5,11 +5,13 @@ Prints the time ratio (goal: kdbench at least 20x faster) and the mean-L0 ratio
 
 Budgets are matched by default: ART's defaults solve each L0 round with 10 constants
 (initial 0.01, doubled on failure) x 10 Adam iterations (plus its line search); kdbench gets the
-same constants (c0 = 0.01 up to 0.01 x 2^10) and ``--steps`` Adam steps per constant.
+same constants (c0 = 0.01 up to 0.01 x 2^10) and, per ``--budgets`` entry STEPS:LR, that many Adam
+steps per constant at that learning rate (Carlini's is 0.01; ART's line search takes up to 2^5
+times its step, which a larger kdbench rate stands in for).
 ``--carlini`` gives kdbench Carlini's own settings instead (1000 steps, c up to 2e6: much slower,
 smaller L0).
 
-    python benchmarks/cw_l0_vs_art.py [--n 64] [--steps 10,30,100] [--carlini]
+    python benchmarks/cw_l0_vs_art.py [--n 64] [--budgets 10:0.01,10:0.1,30:0.01,100:0.01] [--carlini]
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from kdbench.models import load_model
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--steps", default="10,30,100",
-                    help="kdbench Adam steps per constant, comma-separated: one row each (ART runs once)")
+    ap.add_argument("--budgets", default="10:0.01,10:0.1,30:0.01,100:0.01",
+                    help="kdbench STEPS:LR per constant, comma-separated: one row each (ART runs once)")
     ap.add_argument("--carlini", action="store_true", help="kdbench with Carlini's settings (1000 steps, c to 2e6)")
     ap.add_argument("--art-batch", type=int, default=1, help="ART's default batch size is 1")
     a = ap.parse_args()
@@ -44,8 +46,9 @@ def main():
     x, y = x[ok][:a.n], y[ok][:a.n]
 
     runs = []
-    for steps in ([1000] if a.carlini else [int(s) for s in a.steps.split(",")]):
-        budget = dict(steps=1000) if a.carlini else dict(steps=steps, c0=0.01, c_max=0.01 * 2 ** 10)
+    for item in (["1000:0.01"] if a.carlini else a.budgets.split(",")):
+        steps, lr = int(item.split(":")[0]), float(item.split(":")[1])
+        budget = dict(steps=1000) if a.carlini else dict(steps=steps, lr=lr, c0=0.01, c_max=0.01 * 2 ** 10)
         t0 = time.perf_counter()
         xa, succ = cw_l0(model, x, y, **budget)
         runs.append((budget, time.perf_counter() - t0, succ, l0_pixels(xa - x).float()))
