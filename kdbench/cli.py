@@ -60,6 +60,8 @@ def cmd_train(args) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise KdbenchError(f"--set expects KEY=VALUE, got {item!r}")
+        if over.get(key.strip()) is not None:  # e.g. --teacher X with --set teachers=[]: which one was meant?
+            raise KdbenchError(f"{key.strip()} is given twice, by an option and by --set: give one")
         over[key.strip()] = yaml.safe_load(value)
     if not args.resume and not (args.method or args.config):
         raise KdbenchError("--method is required (or --config)")

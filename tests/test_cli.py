@@ -35,6 +35,8 @@ def test_bad_train_inputs(tmp_path, digits_teacher):
     _one_line_error(run_cli("train", "--config", bad, "--out", out), "unknown key(s) ['epochz']")
     _one_line_error(run_cli("train", "--method", "trades", "--dataset", "digits", "--set", "method_params.gamma=1",
                             "--out", out), "unknown parameter(s) ['gamma']")
+    _one_line_error(run_cli("train", "--method", "ard", "--dataset", "digits", "--teacher", tmp_path,
+                            "--set", "teachers=[]", "--out", out), "teachers is given twice")
     assert not (out / "state.pt").exists()
 
 
