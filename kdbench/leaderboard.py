@@ -7,7 +7,8 @@ its clean, FGSM, PGD-20, CW-inf and AutoAttack accuracies with 95 % Wilson inter
 = (clean + AutoAttack-or-worst-case) / 2 (seed 001), validity flags and provenance.  Over the
 training seeds (one result each, the largest suite), the mean and a 95 % t-interval of clean,
 PGD-20 and the *quick* worst case (the per-sample AND of the quick suite's attacks, computable
-from every suite that contains them), and a two-sided exact Mann-Whitney U test of each row's
+from every suite that contains them), each on the test points all the seeds' evaluations share
+(``seed_points`` of them), and a two-sided exact Mann-Whitney U test of each row's
 per-seed quick worst case against the next row down (seed 001 does the same).
 Rows are sorted by AutoAttack robust accuracy (the suite's worst case when AutoAttack was not run).
 """
@@ -43,13 +44,40 @@ def _seed(result: dict) -> int:
     return int(run.get("seed") or 0)
 
 
-def quick_worst(result: dict) -> Optional[float]:
-    """Per-sample AND over the quick suite's attacks (None if the result lacks one of them)."""
+def _keep(result: dict, points: Optional[set]) -> Optional[List[bool]]:
+    """Which of the result's per-sample entries are test points in ``points`` (None: all of them)."""
+    index = result.get("per_sample", {}).get("index")
+    return None if points is None or index is None else [i in points for i in index]
+
+
+def _mean(flags, keep) -> Optional[float]:
+    if keep is not None:
+        flags = [f for f, k in zip(flags, keep) if k]
+    return sum(flags) / len(flags) if flags else None
+
+
+def quick_worst(result: dict, points: Optional[set] = None) -> Optional[float]:
+    """Per-sample AND over the quick suite's attacks (None if the result lacks one of them), on
+    the test points in ``points`` where given."""
     robust = result.get("per_sample", {}).get("robust", {})
     if not all(a in robust for a in QUICK):
         return None
-    flags = [all(v) for v in zip(*(robust[a] for a in QUICK))]
-    return sum(flags) / len(flags) if flags else None
+    return _mean([all(v) for v in zip(*(robust[a] for a in QUICK))], _keep(result, points))
+
+
+def common_points(results: List[dict]) -> Optional[set]:
+    """The test indices every result evaluated (None when a result lacks per-sample indices).
+
+    Seeds evaluated on different numbers of points (the board: 1 000 for seed 0, fewer for the
+    others, all prefixes of one seeded permutation) are compared on the points they share, so the
+    spread over seeds is the training seed's, not the test sample's."""
+    sets = []
+    for r in results:
+        index = r.get("per_sample", {}).get("index")
+        if index is None:
+            return None
+        sets.append(set(index))
+    return set.intersection(*sets) if sets else None
 
 
 def _t_interval(values: List[float]):
@@ -138,8 +166,19 @@ def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
     row["worst_case_attacks"] = "+".join(w["attacks"])
     headline = row["autoattack"] if row["autoattack"] is not None else row["worst_case"]
     row["w_robust"] = (clean + headline) / 2
-    for key, fn in (("clean", lambda r: r["clean_accuracy"]), ("pgd20", lambda r: _acc(r, "pgd")[0]),
-                    ("quick_worst", quick_worst)):
+    points = common_points(seeds) if len(seeds) > 1 else None
+    row["seed_points"] = len(points) if points is not None else min(r["n"] for r in seeds)
+
+    def on_points(r, per_sample_key, attack=None):
+        ps = r.get("per_sample", {})
+        flags = ps.get(per_sample_key) if attack is None else ps.get(per_sample_key, {}).get(attack)
+        if flags is None:  # a result without per-sample outcomes: its aggregate
+            return r["clean_accuracy"] if attack is None else _acc(r, attack)[0]
+        return _mean(flags, _keep(r, points))
+
+    for key, fn in (("clean", lambda r: on_points(r, "correct_clean")),
+                    ("pgd20", lambda r: on_points(r, "robust", "pgd")),
+                    ("quick_worst", lambda r: quick_worst(r, points))):
         vals = [v for v in (fn(r) for r in seeds) if v is not None]
         if vals:
             mean, sd, half = _t_interval(vals)
@@ -147,7 +186,7 @@ def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
             row[f"{key}_seed_ci95"] = None if half is None else _ci([mean - half, mean + half])
         else:
             row[f"{key}_seed_mean"] = row[f"{key}_seed_sd"] = row[f"{key}_seed_ci95"] = None
-    row["_quick_values"] = [v for v in (quick_worst(r) for r in seeds) if v is not None]
+    row["_quick_values"] = [v for v in (quick_worst(r, points) for r in seeds) if v is not None]
     row["flags"] = ";".join(sorted({f["name"] for f in primary.get("validity", {}).get("flags", [])}))
     row.update({"epochs": run.get("epochs_done"), "train_images": run.get("train_size"),
                 "student_forward_images": run.get("student_forward_images"),
@@ -203,7 +242,7 @@ def to_markdown(rows: List[dict], title: str = "") -> str:
         r0 = rows[0]
         lines += [f"Dataset {r0['dataset']}, {r0['threat']} eps = {r0['eps']:.4g}; accuracies in % with 95 % Wilson "
                   "intervals on the primary (first-seed, largest-suite) evaluation; seed columns: mean ± standard "
-                  "deviation over training seeds; MWU: two-sided Mann-Whitney U of the per-seed quick-suite worst case "
+                  "deviation over training seeds, on the test points every seed was evaluated on; MWU: two-sided Mann-Whitney U of the per-seed quick-suite worst case "
                   "against the next row.", ""]
     lines.append("| " + " | ".join(c for c, _ in MD_COLUMNS) + " |")
     lines.append("|" + "|".join("---" for _ in MD_COLUMNS) + "|")

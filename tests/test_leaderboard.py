@@ -59,6 +59,22 @@ def test_rows_group_seeds_sort_and_statistics():
     assert lb.build_rows(results, eps=0.2) == []
 
 
+def test_seed_statistics_use_the_points_every_seed_shares():
+    # seed 0 on 200 points (indices 0..199), seeds 1-2 on 100 of them (the even indices): the seed
+    # statistics use those 100 shared points; the primary columns use all 200 of seed 0.
+    r0 = fake_result("iad", 0, {a: [i < 100 for i in range(200)] for a in SUITES["quick"]})
+    r0["per_sample"]["index"] = list(range(200))
+    r1, r2 = fake_result("iad", 1, quick(30)), fake_result("iad", 2, quick(40))
+    for r in (r1, r2):
+        r["per_sample"]["index"] = list(range(0, 200, 2))
+    row = lb.build_rows([r0, r1, r2])[0]
+    assert row["worst_case"] == 0.5 and row["n"] == 200 and row["seed_points"] == 100
+    # seed 0 on the even indices: 50 of its robust points (0, 2, .., 98) -> 0.5; seeds 1-2: 0.3, 0.4
+    assert row["quick_worst_seed_mean"] == pytest.approx(0.4)
+    assert row["quick_worst_seed_sd"] == pytest.approx(0.1)
+    assert row["pgd20_seed_mean"] == pytest.approx(0.4) and row["clean_seed_mean"] == 1.0
+
+
 def test_mcnemar_and_two_proportion_hand_values():
     base = [True] * 20 + [False] * 10
     new = [False] * 10 + [True] * 10 + [False] * 10  # 10 lost, none gained

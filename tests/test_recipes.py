@@ -29,6 +29,7 @@ def test_recipes_name_registered_methods_and_existing_configs():
     assert len(methods) == 16 and all(m.replace("darht-het", "darht") in METHODS for m in methods)
     assert "--train-subset 5000" in fm and "--epochs 5" in fm
     assert _default(fm, "N") == ["1000"] and _default(fm, "SUITE0") == ["standard"]
+    assert _default(fm, "SEED_N") == ["500"] and int(_default(fm, "SEED_N")[0]) <= int(_default(fm, "N")[0])
     ps = (ROOT / "leaderboards" / "recipes" / "paper-scale.sh").read_text()
     for ds in ("cifar10", "cifar100"):
         for m in _default(ps, "METHODS") + ["natural"]:

@@ -12,8 +12,9 @@
 # continues with --resume).  TAKD is seed 000's chain: PGD-AT teacher -> assistant -> student, all
 # smallcnn, each link the DD budget (the row's cost counts both links).  Evaluation on 1 000 test
 # points: the standard suite for seed 0 (reached through the quick suite, whose attacks the store
-# reuses) with the distillation metrics against the run's teachers, the quick suite for seeds 1
-# and 2; all results go to one SQLite store, in chunks of 250 points (what an interruption loses).  Two workers (OMP_NUM_THREADS=1 each) may run a stage
+# reuses) with the distillation metrics against the run's teachers, the quick suite without the
+# validity checks on SEED_N (500) of the same points for seeds 1 and 2 (the board's seed statistics
+# use the points all seeds share); all results go to one SQLite store, in chunks of 250 points (what an interruption loses).  Two workers (OMP_NUM_THREADS=1 each) may run a stage
 # at once: runs and evaluations are locked.
 # Cost measured on a 2-core CPU: a student trains in 2 (DD) to 20 minutes (SmaraAD) with two
 # workers; the quick suite takes about 20 minutes per robust smallcnn at one thread (APGD-T's 9
@@ -28,6 +29,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"natural pgd-at trades ard iad iad-ii rslad mtard adaad darht darht-het smaraad smaraadpp agkd-bml dd takd"}
 KD=${KD:-kdbench}
 N=${N:-1000}
+SEED_N=${SEED_N:-500}  # seeds 1-2: the first SEED_N of the same seeded sample (a subset of seed 0's points)
 SUITE0=${SUITE0:-standard}
 COMMON="--dataset fashion-mnist --train-subset 5000 --batch-size 128 --no-progress"
 T48="--model smallcnn --set model_kwargs.width=48 --epochs 10"
@@ -94,14 +96,14 @@ trained() {  # trained NAME: the directory holding the run's final model
   if [ -d "$1/student" ] || [ "$(basename "$1" | sed 's/-s[0-9]*$//')" = takd ]; then echo "$1/student"; else echo "$1"; fi
 }
 
-evaluate() {  # evaluate DIR SUITE [ARGS...]: skipped when done or when the run has not finished training
-  local dir=$1 suite=$2; shift 2
+evaluate() {  # evaluate DIR SUITE N [ARGS...]: skipped when done or when the run has not finished training
+  local dir=$1 suite=$2 n=$3; shift 3
   dir=$(trained "$dir")
   [ -f "$dir/eval-$suite.json" ] && return 0
   finished "$dir" || { echo "not trained yet: $dir"; return 0; }
   mkdir "$dir.eval-lock" 2>/dev/null || { echo "another worker evaluates $dir"; return 0; }
   local rc=0
-  $KD evaluate --model "$dir" --dataset fashion-mnist --num-points "$N" --suite "$suite" --db "$RUNS/results.db" \
+  $KD evaluate --model "$dir" --dataset fashion-mnist --num-points "$n" --suite "$suite" --db "$RUNS/results.db" \
     --chunk-size 250 --resume --out "$dir/eval-$suite.json" --no-progress "$@" > "$dir/eval-$suite.log" || rc=$?
   rmdir "$dir.eval-lock"
   [ $rc = 0 ] || echo "FAILED evaluation ($rc): $dir"
@@ -135,12 +137,12 @@ if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
   # suite, which takes the quick suite's attacks from the store and adds AutoAttack and Square, with
   # the distillation metrics against the run's teachers; then the quick suite for the other seeds.
   for s in $SEEDS; do [ "$s" = 0 ] || continue
-    for m in $METHODS; do evaluate "$RUNS/$m-s0" quick --no-teachers; done
-    for m in $METHODS; do evaluate "$RUNS/$m-s0" "$SUITE0"; done
+    for m in $METHODS; do evaluate "$RUNS/$m-s0" quick "$N" --no-teachers; done
+    for m in $METHODS; do evaluate "$RUNS/$m-s0" "$SUITE0" "$N"; done
   done
-  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" quick; evaluate "$RUNS/teacher-$t" "$SUITE0"; done
+  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" quick "$N"; evaluate "$RUNS/teacher-$t" "$SUITE0" "$N"; done
   for s in $SEEDS; do [ "$s" = 0 ] && continue
-    for m in $METHODS; do evaluate "$RUNS/$m-s$s" quick --no-teachers; done
+    for m in $METHODS; do evaluate "$RUNS/$m-s$s" quick "$SEED_N" --no-teachers --no-checks; done
   done
 fi
 if [ "$STAGE" = save ] || [ "$STAGE" = all ]; then
