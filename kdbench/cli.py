@@ -78,7 +78,8 @@ def cmd_train(args) -> int:
     history = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if history:
         last = history[-1]
-        ev = f", clean {last['clean_acc']:.4f}, pgd {last['pgd_acc']:.4f}" if "clean_acc" in last else ""
+        ev = f", clean {last['clean_acc']:.4f}" if "clean_acc" in last else ""
+        ev += f", pgd {last['pgd_acc']:.4f}" if "pgd_acc" in last else ""
         print(f"trained {cfg.method or 'run'} -> {args.out} (epoch {last['epoch']}{ev})")
     return 0
 

@@ -42,7 +42,7 @@ class AttackSpec:
 class EvalConfig:
     every: int = 1  # epochs between evaluations (0: never)
     n: int = 500  # test points (a seeded subset)
-    pgd_steps: int = 20
+    pgd_steps: int = 20  # 0: clean accuracy only (models selected on clean accuracy, e.g. DD)
     select: Optional[str] = None  # "clean" or "pgd"; None -> the method's choice
     batch_size: int = 256
 

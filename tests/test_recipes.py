@@ -1,7 +1,10 @@
 """Leaderboard recipes: valid shell, every method and config they name exists, and the
 Fashion-MNIST recipe's budget is what its header says."""
+import csv
+import json
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -40,3 +43,31 @@ def test_recipes_name_registered_methods_and_existing_configs():
     for ds in ("digits", "mnist5k", "fashion-mnist"):
         for m in _default(ps, "METHODS"):
             assert load_config(ROOT / "configs" / m / f"{ds}.yaml").method == m
+
+
+def test_seed000_figures_from_result_files(tmp_path):
+    """The seed-000 figure script reads each model's acc.json / cw.json (kdbench evaluate's
+    format), writes one summary row per temperature and chain position, and draws the six figures."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for t in (1, 20):
+        for i, pos in enumerate(["teacher", "step-1", "step-2"]):
+            d = runs / f"T{t}" / pos
+            d.mkdir(parents=True)
+            acc = {"clean_accuracy": 0.9 - 0.01 * i, "confidence": 0.5 + 0.01 * t,
+                   "sensitivity": {"mean": 1e-3 / t, "fraction_below_1e-10": 0.0 if t == 1 else 0.9}}
+            (d / "acc.json").write_text(json.dumps(acc))
+            mp = {"cw-l0:steps=100": {"mean": 10.0 + i, "max": 30.0, "success_rate": 1.0},
+                  "cw-l2": {"mean": 1.5, "max": 2.5, "success_rate": 0.9}}
+            (d / "cw.json").write_text(json.dumps({"min_perturbation": mp}))
+    r = subprocess.run([sys.executable, str(ROOT / "leaderboards" / "recipes" / "seed000_figures.py"), str(runs),
+                        str(out), "--temps", "1", "20"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 6
+    t20 = {row["model"]: row for row in rows if float(row["T"]) == 20}
+    assert float(t20["step-2"]["accuracy"]) == pytest.approx(0.88)
+    assert float(t20["step-1"]["cw-l0_mean"]) == 11.0  # found under its parameterised spec
+    assert float(t20["teacher"]["fraction_grad_below_1e-10"]) == 0.9 and t20["teacher"]["cw-linf-min_mean"] == ""
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "fig3_accuracy.png", "fig4_sensitivity.png", "fig5_robustness.png", "fig6_confidence.png",
+        "fig7_multistep_accuracy.png", "fig8_multistep_robustness.png"]

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, ModeSpy, run_cli
 from kdbench.attacks.pgd import pgd
-from kdbench.config import TrainConfig
+from kdbench.config import EvalConfig, TrainConfig
+from kdbench.errors import KdbenchError
 from kdbench.methods import AttackConfig, get_method
 from kdbench.models import build_model
 from kdbench.train.engine import lr_at, resolve_config
@@ -59,6 +60,20 @@ def test_resolved_defaults_follow_methods_md(digits):
     assert [lr_at(cfg, e) for e in (0, 3, 4, 5, 6, 7)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     cfg.schedule.name = "cosine"
     assert lr_at(cfg, 4) == pytest.approx(0.05)
+
+
+def test_clean_only_monitor(digits, tmp_path):
+    """eval.pgd_steps = 0: the monitor skips PGD (models selected on clean accuracy); selecting on
+    pgd without PGD steps is a config error."""
+    with pytest.raises(KdbenchError, match="pgd_steps = 0"):
+        resolve_config(TrainConfig(method="pgd-at", dataset="digits", eval=EvalConfig(pgd_steps=0)), digits)
+    out = tmp_path / "dd"
+    r = run_cli("train", "--method", "natural", "--dataset", "digits", "--epochs", 2, "--train-subset", 64,
+                "--set", "eval.pgd_steps=0", "--set", "eval.n=50", "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    hist = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in h if k.endswith("_acc")) for h in hist] == [["clean_acc", "train_acc"]] * 2
+    assert (out / "best.safetensors").is_file() and "pgd" not in r.stdout
 
 
 def test_pgd_at_on_digits_reaches_targets(digits_teacher):

@@ -61,6 +61,11 @@ def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
         raise KdbenchError("epochs and batch_size must be positive")
     if eps <= 0:
         raise KdbenchError(f"eps must be positive, got {eps}")
+    if cfg.eval.select not in ("clean", "pgd"):
+        raise KdbenchError(f"eval.select must be clean or pgd, got {cfg.eval.select!r}")
+    if cfg.eval.pgd_steps < 0 or cfg.eval.pgd_steps == 0 and cfg.eval.select == "pgd":
+        raise KdbenchError(f"eval.pgd_steps = {cfg.eval.pgd_steps}: the monitor needs PGD steps > 0 to select "
+                           "on pgd (0 monitors clean accuracy only, with eval.select=clean)")
     return cfg
 
 
@@ -110,9 +115,9 @@ def load_teachers(specs: List[str], dataset: Dataset, device, data_dir=None) -> 
 
 def monitor(model: nn.Module, dataset: Dataset, idx: torch.Tensor, eps: float, steps: int, batch_size: int,
             device, dist_info) -> Dict[str, float]:
-    """Clean and PGD-``steps`` accuracy (CE, step 2.5 eps / steps, uniform start) on ``idx``:
-    the training-time monitor used for checkpoint selection.  Reported numbers come from
-    ``kdbench evaluate``."""
+    """Clean and PGD-``steps`` accuracy (CE, step 2.5 eps / steps, uniform start) on ``idx``
+    (clean only when ``steps`` is 0): the training-time monitor used for checkpoint selection.
+    Reported numbers come from ``kdbench evaluate``."""
     shard = idx[dist_info.rank::dist_info.world] if dist_info.enabled else idx
     correct = robust = 0
     with torch.random.fork_rng(devices=[]), mode(model, train=False):
@@ -120,11 +125,16 @@ def monitor(model: nn.Module, dataset: Dataset, idx: torch.Tensor, eps: float, s
         for x, y in iterate(dataset.test, batch_size, device, indices=shard):
             with torch.no_grad():
                 correct += (model(x).argmax(1) == y).sum().item()
+            if steps == 0:
+                continue
             xa = pgd(x, lambda xa: F.cross_entropy(model(xa), y, reduction="sum"), eps, 2.5 * eps / steps, steps)
             with torch.no_grad():
                 robust += (model(xa).argmax(1) == y).sum().item()
     correct, robust, n = ddist.all_sum([correct, robust, len(shard)], dist_info, device)
-    return {"clean_acc": correct / max(n, 1), "pgd_acc": robust / max(n, 1)}
+    out = {"clean_acc": correct / max(n, 1)}
+    if steps:
+        out["pgd_acc"] = robust / max(n, 1)
+    return out
 
 
 class _PassCounter:
@@ -315,7 +325,8 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                     atomic_write(state_path, lambda p: torch.save(state, p))
                 ddist.barrier(dinfo)
                 if show:
-                    ev = f" clean {rec['clean_acc']:.3f} pgd {rec['pgd_acc']:.3f}" if "clean_acc" in rec else ""
+                    ev = f" clean {rec['clean_acc']:.3f}" if "clean_acc" in rec else ""
+                    ev += f" pgd {rec['pgd_acc']:.3f}" if "pgd_acc" in rec else ""
                     bar.console.print(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} "
                                       f"train acc {rec['train_acc']:.3f}{ev} ({rec['seconds']:.1f}s)")
     finally:

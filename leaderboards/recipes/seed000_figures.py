@@ -35,8 +35,9 @@ def load(runs: Path, temps):
                    "sensitivity_mean": acc["sensitivity"]["mean"],
                    "fraction_grad_below_1e-10": acc["sensitivity"]["fraction_below_1e-10"],
                    "confidence": acc["confidence"]}
-            for a in ATTACKS:
-                mp = (cw.get("min_perturbation") or {}).get(a) or {}
+            found = {spec.split(":")[0]: v for spec, v in (cw.get("min_perturbation") or {}).items()}
+            for a in ATTACKS:  # the attack's name, whatever its parameters (cw-l0:steps=100)
+                mp = found.get(a) or {}
                 row[f"{a}_mean"], row[f"{a}_max"] = mp.get("mean"), mp.get("max")
                 row[f"{a}_success"] = mp.get("success_rate")
             rows.append(row)
