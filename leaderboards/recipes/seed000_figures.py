@@ -2,7 +2,8 @@
 
     python leaderboards/recipes/seed000_figures.py RUNS OUT --temps 1 2 5 10 20 30 40
 
-Writes OUT/summary.csv (one row per temperature and chain position) and
+Writes OUT/summary.csv (one row per temperature and chain position), OUT/claims.md (each of the
+paper's claims with the statistic our data gives for it and the rule that decides it) and
 OUT/fig3_accuracy.png, fig4_sensitivity.png, fig5_robustness.png, fig6_confidence.png,
 fig7_multistep_accuracy.png, fig8_multistep_robustness.png.
 """
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+from scipy.stats import spearmanr
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,7 +33,7 @@ def load(runs: Path, temps):
                 continue
             acc = json.loads((d / "acc.json").read_text())
             cw = json.loads((d / "cw.json").read_text()) if (d / "cw.json").is_file() else {}
-            row = {"T": t, "position": i, "model": pos, "accuracy": acc["clean_accuracy"],
+            row = {"T": t, "position": i, "model": pos, "n": acc["n"], "accuracy": acc["clean_accuracy"],
                    "sensitivity_mean": acc["sensitivity"]["mean"],
                    "fraction_grad_below_1e-10": acc["sensitivity"]["fraction_below_1e-10"],
                    "confidence": acc["confidence"]}
@@ -60,6 +62,120 @@ def lines(rows, positions, key, ax, title, ylabel):
     ax.set_title(title, fontsize=9)
 
 
+def _finite(rows, key, pos=None):
+    return [r for r in rows if (pos is None or r["model"] == pos) and r.get(key) is not None
+            and math.isfinite(r[key])]
+
+
+def _trend(rows, pos, key):
+    """Spearman's rho of KEY against T over one chain position, or None with fewer than 3 T."""
+    pts = _finite(rows, key, pos)
+    if len(pts) < 3:
+        return None
+    rho = spearmanr([r["T"] for r in pts], [r[key] for r in pts]).statistic
+    return None if math.isnan(rho) else float(rho)
+
+
+def _fmt(v, spec=".2f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def claims(rows, n_acc):
+    """The paper's claims (seed 000, Sec. VI) as (claim, what we measured, verdict) triples.
+
+    A trend over T is Spearman's rho over the temperatures; "supported" needs the sign the paper
+    states for every chain position it names, and |rho| >= 0.5 (7 temperatures: rho = 0.5 is
+    weak evidence; the table gives rho so a reader can apply a stricter rule).  A claim of no
+    accuracy change is "consistent" when the largest difference is within two standard errors of
+    a difference of two accuracies on N_ACC test points: we cannot resolve the paper's 0.15 %."""
+    out = []
+    three = ["teacher", "step-1", "step-2"]
+    se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / n_acc)  # noqa: E731
+    base = next((r for r in rows if r["model"] == "teacher" and r["T"] == min(x["T"] for x in rows)), None)
+    if base is not None:
+        devs = [abs(r["accuracy"] - base["accuracy"]) for r in rows if r["model"] in three]
+        tol = 2 * math.sqrt(2) * se(base["accuracy"])
+        out.append(("Accuracy varies very little with distillation (MNIST: at most 0.15 % from the T = 1 teacher)",
+                    f"largest deviation {100 * max(devs):.2f} % (two standard errors of a difference on "
+                    f"{n_acc} points: {100 * tol:.2f} %)",
+                    "consistent (within sampling error)" if max(devs) <= tol else "not supported"))
+    rhos = {pos: _trend(rows, pos, "accuracy") for pos in three}
+    ok = all(v is not None and v <= -0.5 for v in rhos.values())
+    out.append(("Accuracy decreases with temperature", "Spearman rho(T, accuracy): " + ", ".join(
+        f"{ROLE[p]} {_fmt(v)}" for p, v in rhos.items()), "supported" if ok else "not supported"))
+    wins, total = 0, 0
+    for t in sorted({r["T"] for r in rows}):
+        at = {r["model"]: r["accuracy"] for r in rows if r["T"] == t}
+        for pos in ("step-1", "step-2"):
+            if "teacher" in at and pos in at:
+                total += 1
+                wins += at[pos] >= at["teacher"]
+    out.append(("At a fixed T the distilled models are at least as accurate as the teacher",
+                f"{wins} of {total} (T, distilled model) pairs", "supported" if total and wins >= 0.75 * total
+                else "not supported"))
+    rs, rf = _trend(rows, "teacher", "sensitivity_mean"), _trend(rows, "teacher", "fraction_grad_below_1e-10")
+    out.append(("Higher T gives smaller gradients and more near-zero gradients (< 1e-10)",
+                f"teachers: rho(T, mean gradient amplitude) {_fmt(rs)}, rho(T, share < 1e-10) {_fmt(rf)}",
+                "supported" if rs is not None and rf is not None and rs <= -0.5 and rf >= 0.5 else "not supported"))
+    for atk in ATTACKS:
+        key = f"{atk}_mean"
+        if not _finite(rows, key):
+            continue
+        rhos = {pos: _trend(rows, pos, key) for pos in three}
+        ok = all(v is not None and v >= 0.5 for v in rhos.values())
+        out.append((f"Robustness (mean rho_adv, {atk}) increases with T",
+                    "Spearman rho(T, mean distance): " + ", ".join(f"{ROLE[p]} {_fmt(v)}" for p, v in rhos.items()),
+                    "supported" if ok else "not supported"))
+        by_t = {}
+        for r in _finite(rows, key):
+            by_t.setdefault(r["T"], {})[r["model"]] = r[key]
+        full = [d for d in by_t.values() if all(p in d for p in three)]
+        if full:
+            wins = sum(d["step-2"] > max(d["teacher"], d["step-1"]) for d in full)
+            m = {p: sum(d[p] for d in full) / len(full) for p in three}
+            out.append((f"The student via the assistant is more robust than the teacher and the assistant ({atk})",
+                        f"highest of the three at {wins} of {len(full)} temperatures; mean over T: "
+                        + ", ".join(f"{ROLE[p]} {m[p]:.3g}" for p in three),
+                        "supported" if wins > len(full) / 2 and m["step-2"] > max(m["teacher"], m["step-1"])
+                        else "not supported"))
+    means = {atk: [r[f"{atk}_mean"] for r in _finite(rows, f"{atk}_mean")] for atk in ATTACKS}
+    if any(means.values()):
+        out.append(("L2 is the most efficient attack (least perturbation), L0 the least",
+                    "mean distance over all models: " + ", ".join(
+                        f"{atk} {sum(v) / len(v):.3g}" for atk, v in means.items() if v),
+                    "not testable: distances in different norms share no scale"))
+    conf = [r["confidence"] for r in rows if r["model"] in three]
+    rc = {pos: _trend(rows, pos, "confidence") for pos in three}
+    out.append(("Confidence shows no trend over T and little difference between models",
+                f"range {min(conf):.3f}-{max(conf):.3f}; rho(T, confidence): "
+                + ", ".join(f"{ROLE[p]} {_fmt(v)}" for p, v in rc.items()),
+                "supported" if max(conf) - min(conf) <= 0.05 and all(v is None or abs(v) < 0.5 for v in rc.values())
+                else "not supported"))
+    spans = []
+    for t in sorted({r["T"] for r in rows}):
+        accs = [r["accuracy"] for r in rows if r["T"] == t and r["position"] >= 1]
+        if len(accs) >= 2:
+            spans.append(max(accs) - min(accs))
+    if spans:
+        tol = 2 * math.sqrt(2) * se(sum(r["accuracy"] for r in rows) / len(rows))
+        out.append(("More distillation steps do not change accuracy significantly",
+                    f"largest spread over steps 1-6 at one T {100 * max(spans):.2f} % (tolerance {100 * tol:.2f} %)",
+                    "consistent (within sampling error)" if max(spans) <= tol else "not supported"))
+    for atk in ATTACKS:
+        key = f"{atk}_mean"
+        steps = [(r["position"], r[key]) for r in _finite(rows, key)]
+        xs = sorted({p for p, _ in steps})
+        if len(xs) < 3:
+            continue
+        means = [sum(v for p, v in steps if p == x) / sum(1 for p, _ in steps if p == x) for x in xs]
+        rho = float(spearmanr(xs, means).statistic)
+        rho = None if math.isnan(rho) else rho
+        out.append((f"Robustness ({atk}) increases with the number of distillation steps",
+                    f"mean over T by step (0 = teacher) {', '.join(f'{x}: {m:.3g}' for x, m in zip(xs, means))}; "
+                    f"Spearman rho {_fmt(rho)}", "supported" if rho is not None and rho >= 0.5 else "not supported"))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("runs")
@@ -75,6 +191,11 @@ def main():
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    n_acc = min(r["n"] for r in rows)
+    with open(out / "claims.md", "w") as f:
+        f.write("| the paper's claim (seed 000, Sec. VI) | our data | verdict |\n|---|---|---|\n")
+        for claim, measured, verdict in claims(rows, n_acc):
+            f.write(f"| {claim} | {measured} | {verdict} |\n")
     three = ["teacher", "step-1", "step-2"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     lines(rows, three, "accuracy", ax, "Fig. 3: accuracy at T = 1", "test accuracy")
@@ -115,7 +236,7 @@ def main():
         axes[j].set_xlabel("distillation step (0 = teacher)")
         axes[j].set_title(f"Fig. 8: rho_adv ({atk}), mean over T", fontsize=9)
     fig.tight_layout(); fig.savefig(out / "fig8_multistep_robustness.png", dpi=120); plt.close(fig)
-    print(f"wrote {out}/summary.csv and 6 figures")
+    print(f"wrote {out}/summary.csv, {out}/claims.md and 6 figures")
 
 
 if __name__ == "__main__":
