@@ -41,7 +41,8 @@ class AttackSpec:
 @dataclass
 class EvalConfig:
     every: int = 1  # epochs between evaluations (0: never)
-    n: int = 500  # test points (a seeded subset)
+    n: int = 500  # monitor points (a seeded subset of the split below)
+    split: str = "test"  # "test" (the papers' practice) or "holdout": n training images never trained on
     pgd_steps: int = 20  # 0: clean accuracy only (models selected on clean accuracy, e.g. DD)
     select: Optional[str] = None  # "clean" or "pgd"; None -> the method's choice
     batch_size: int = 256

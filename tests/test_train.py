@@ -17,7 +17,7 @@ from kdbench.config import EvalConfig, TrainConfig
 from kdbench.errors import KdbenchError
 from kdbench.methods import AttackConfig, get_method
 from kdbench.models import build_model
-from kdbench.train.engine import lr_at, resolve_config
+from kdbench.train.engine import lr_at, resolve_config, split_indices
 
 
 @pytest.mark.parametrize("method,n_adv_passes", [("pgd-at", 10), ("trades", 11)])
@@ -74,6 +74,53 @@ def test_clean_only_monitor(digits, tmp_path):
     hist = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [sorted(k for k in h if k.endswith("_acc")) for h in hist] == [["clean_acc", "train_acc"]] * 2
     assert (out / "best.safetensors").is_file() and "pgd" not in r.stdout
+
+
+def test_holdout_monitor_split(digits):
+    """eval.split = holdout: the monitor reads eval.n training images that no run trains on (the
+    same for every seed); train_subset draws from the rest.  The default (test) keeps the split
+    every committed run was trained with."""
+    train_n = len(digits.train)
+    hold = EvalConfig(split="holdout", n=100)
+    tr, mon_set, mon = split_indices(digits, TrainConfig(dataset="digits", eval=hold))
+    assert mon_set is digits.train and len(mon) == 100 and len(tr) == train_n - 100
+    assert set(tr.tolist()).isdisjoint(mon.tolist()) and len(set(tr.tolist()) | set(mon.tolist())) == train_n
+    a = split_indices(digits, TrainConfig(dataset="digits", eval=hold, train_subset=500, seed=1))
+    b = split_indices(digits, TrainConfig(dataset="digits", eval=hold, train_subset=500, seed=2))
+    assert torch.equal(a[2], mon) and torch.equal(b[2], mon)
+    assert len(a[0]) == 500 and set(a[0].tolist()).isdisjoint(mon.tolist()) and not torch.equal(a[0], b[0])
+    tr, mon_set, mon = split_indices(digits, TrainConfig(dataset="digits", train_subset=500, seed=1))
+    assert mon_set is digits.test and torch.equal(mon, digits.eval_indices(500, seed=0)[0])
+    assert torch.equal(tr, digits.eval_indices(500, seed=1, split="train")[0])
+    with pytest.raises(KdbenchError, match="only 1197 training images are left"):
+        split_indices(digits, TrainConfig(dataset="digits", eval=hold, train_subset=1200))
+    with pytest.raises(KdbenchError, match="eval.n = 1297"):
+        split_indices(digits, TrainConfig(dataset="digits", eval=EvalConfig(split="holdout", n=train_n)))
+    with pytest.raises(KdbenchError, match="eval.split must be test or holdout"):
+        resolve_config(TrainConfig(dataset="digits", eval=EvalConfig(split="val")), digits)
+
+
+def test_holdout_monitor_run_records_and_measures_held_out_images(digits, tmp_path):
+    """A run monitored on held-out training images: its recorded clean accuracy is the best
+    model's accuracy on exactly those images, and config.yaml names the split and its hash."""
+    import yaml
+    from kdbench.data import index_hash
+    from kdbench.models import load_model
+
+    out = tmp_path / "held"
+    r = run_cli("train", "--method", "natural", "--dataset", "digits", "--epochs", 1, "--train-subset", 300,
+                "--set", "eval.split=holdout", "--set", "eval.n=200", "--set", "eval.pgd_steps=0", "--out", out,
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    mon, pool = digits.holdout_indices(200)
+    assert cfg["resolved"]["monitor"] == {"split": "holdout", "n": 200, "indices_sha256": index_hash(mon)}
+    assert cfg["resolved"]["train_size"] == 300
+    model = load_model(str(out)).model
+    with torch.no_grad():
+        correct = (model(digits.train.images(mon)).argmax(1) == digits.train.y[mon]).sum().item()
+    hist = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert hist["clean_acc"] * 200 == pytest.approx(correct) and correct > 40  # above chance (20)
 
 
 def test_pgd_at_on_digits_reaches_targets(digits_teacher):

@@ -102,6 +102,16 @@ class Dataset:
             idx = torch.randperm(total, generator=g)[:n].sort().values
         return idx, index_hash(idx)
 
+    def holdout_indices(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Split the training split into ``(held out, rest)``: the last ``n`` images of a seed-0
+        permutation are held out, the same for every run and training seed, so checkpoint
+        selection sees the same images everywhere and never a test point.  Both sorted."""
+        total = len(self.require_train())
+        if not 0 < n < total:
+            raise KdbenchError(f"eval.n = {n}: a held-out monitor needs 0 < n < {total} (the training split's size)")
+        perm = torch.randperm(total, generator=torch.Generator().manual_seed(0))
+        return perm[total - n:].sort().values, perm[:total - n].sort().values
+
 
 def index_hash(idx: torch.Tensor) -> str:
     return hashlib.sha256(idx.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()[:16]

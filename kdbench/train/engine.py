@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..attacks.pgd import mode, pgd
 from ..config import DATASET_DEFAULTS, TrainConfig, config_from_dict, merge
-from ..data import Dataset, epoch_generator, get_dataset, iterate, shard_indices
+from ..data import Dataset, ImageSet, epoch_generator, get_dataset, index_hash, iterate, shard_indices
 from ..device import resolve_device
 from ..errors import KdbenchError
 from ..methods import AttackConfig, get_method
@@ -61,6 +61,8 @@ def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
         raise KdbenchError("epochs and batch_size must be positive")
     if eps <= 0:
         raise KdbenchError(f"eps must be positive, got {eps}")
+    if cfg.eval.split not in ("test", "holdout"):
+        raise KdbenchError(f"eval.split must be test or holdout, got {cfg.eval.split!r}")
     if cfg.eval.select not in ("clean", "pgd"):
         raise KdbenchError(f"eval.select must be clean or pgd, got {cfg.eval.select!r}")
     if cfg.eval.pgd_steps < 0 or cfg.eval.pgd_steps == 0 and cfg.eval.select == "pgd":
@@ -113,16 +115,41 @@ def load_teachers(specs: List[str], dataset: Dataset, device, data_dir=None) -> 
     return teachers
 
 
-def monitor(model: nn.Module, dataset: Dataset, idx: torch.Tensor, eps: float, steps: int, batch_size: int,
+def split_indices(dataset: Dataset, cfg: TrainConfig):
+    """``(training indices or None for all, monitor image set, monitor indices)``.
+
+    ``eval.split = test``: the monitor reads ``eval.n`` seeded test points (the papers' practice;
+    they are a subset of ``kdbench evaluate``'s points, so selection sees evaluation points).
+    ``holdout``: it reads ``eval.n`` training images that are never trained on
+    (:meth:`Dataset.holdout_indices`).  ``train_subset`` draws from what is left, seeded by the run."""
+    train = dataset.require_train()
+    if cfg.eval.split == "holdout":
+        mon_idx, pool = dataset.holdout_indices(cfg.eval.n)
+        mon_set = train
+    else:
+        mon_idx, _ = dataset.eval_indices(cfg.eval.n, seed=0)
+        mon_set, pool = dataset.test, None
+    if not cfg.train_subset:
+        return pool, mon_set, mon_idx
+    if pool is None:
+        return dataset.eval_indices(cfg.train_subset, seed=cfg.seed, split="train")[0], mon_set, mon_idx
+    if cfg.train_subset > len(pool):
+        raise KdbenchError(f"train_subset = {cfg.train_subset}: only {len(pool)} training images are left "
+                           f"after holding out eval.n = {cfg.eval.n}")
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(int(cfg.seed)))[:cfg.train_subset]
+    return pool[pick].sort().values, mon_set, mon_idx
+
+
+def monitor(model: nn.Module, data: ImageSet, idx: torch.Tensor, eps: float, steps: int, batch_size: int,
             device, dist_info) -> Dict[str, float]:
-    """Clean and PGD-``steps`` accuracy (CE, step 2.5 eps / steps, uniform start) on ``idx``
+    """Clean and PGD-``steps`` accuracy (CE, step 2.5 eps / steps, uniform start) on ``data[idx]``
     (clean only when ``steps`` is 0): the training-time monitor used for checkpoint selection.
     Reported numbers come from ``kdbench evaluate``."""
     shard = idx[dist_info.rank::dist_info.world] if dist_info.enabled else idx
     correct = robust = 0
     with torch.random.fork_rng(devices=[]), mode(model, train=False):
         torch.manual_seed(12345)
-        for x, y in iterate(dataset.test, batch_size, device, indices=shard):
+        for x, y in iterate(data, batch_size, device, indices=shard):
             with torch.no_grad():
                 correct += (model(x).argmax(1) == y).sum().item()
             if steps == 0:
@@ -198,9 +225,9 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     dataset = get_dataset(cfg.dataset, cfg.data_dir)
     train_set = dataset.require_train()
     cfg = resolve_config(cfg, dataset)
-    if cfg.train_subset:
-        idx, _ = dataset.eval_indices(cfg.train_subset, seed=cfg.seed, split="train")
-        train_set = train_set.subset(idx)
+    train_idx, monitor_set, monitor_idx = split_indices(dataset, cfg)
+    if train_idx is not None:
+        train_set = train_set.subset(train_idx)
     cuda = device.type == "cuda"
     amp = cfg.amp if cfg.amp is not None else cuda
     channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
@@ -234,7 +261,9 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     resolved = {"kdbench_version": __version__, **cfg.to_dict(), "dataset_info": info.to_dict(),
                 "resolved": {"amp": amp, "amp_dtype": str(amp_dtype).replace("torch.", "") if amp else None,
                              "channels_last": channels_last, "world_size": dinfo.world, "device": str(device),
-                             "train_size": len(train_set)}}
+                             "train_size": len(train_set),
+                             "monitor": {"split": cfg.eval.split, "n": len(monitor_idx),
+                                         "indices_sha256": index_hash(monitor_idx)}}}
     history: List[dict] = []
     start_epoch, best = 0, -1.0
     if resume and state_path.exists():
@@ -249,7 +278,6 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     if dinfo.main:
         rundir.write_config(out, resolved)
 
-    eval_idx, _ = dataset.eval_indices(cfg.eval.n, seed=0)
     counter_s = _PassCounter([student])
     counter_t = _PassCounter(teachers)
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else nullcontext
@@ -302,7 +330,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
                 rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                        "student_forward_images": counter_s.take(), "teacher_forward_images": counter_t.take()}
                 if cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs):
-                    rec.update(monitor(student, dataset, eval_idx, cfg.attack.eps, cfg.eval.pgd_steps,
+                    rec.update(monitor(student, monitor_set, monitor_idx, cfg.attack.eps, cfg.eval.pgd_steps,
                                        cfg.eval.batch_size, device, dinfo))
                     counter_s.take(), counter_t.take()  # the monitor's passes are not training cost
                 rec["seconds"] = time.time() - t0
