@@ -10,7 +10,9 @@
 # (teachers differing in architecture and training algorithm, as the DARHT paper's natural ViTs).  Every step skips
 # what is already done, so the recipe resumes where it stopped (an interrupted training run
 # continues with --resume).  TAKD is seed 000's chain: PGD-AT teacher -> assistant -> student, all
-# smallcnn, each link the DD budget (the row's cost counts both links).  Evaluation on 1 000 test
+# smallcnn, each link the DD budget (the row's cost counts both links).  Checkpoints are selected
+# by the training monitor on 500 of the evaluation points (eval.split=test, the papers' practice;
+# docs/training.md measures what that does and offers eval.split=holdout).  Evaluation on 1 000 test
 # points: the standard suite for seed 0 (reached through the quick suite, whose attacks the store
 # reuses) with the distillation metrics against the run's teachers, the quick suite without the
 # validity checks on SEED_N (500) of the same points for seeds 1 and 2 (the board's seed statistics
