@@ -3,7 +3,7 @@
 # on mnist5k: defensive distillation, the teacher-assistant chain and 6-step chains over
 # T in {1, 2, 5, 10, 20, 30, 40}.
 #
-#   bash leaderboards/recipes/mnist5k-seed000.sh [train|eval|figures|all]
+#   bash leaderboards/recipes/mnist5k-seed000.sh [train|eval|save|figures|all]
 #
 # One 6-link chain per temperature (kdbench train --method takd --chain 6): the teacher is trained
 # by defensive distillation at T on hard labels, then six same-architecture links, each on the
@@ -71,7 +71,17 @@ if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
     done; done
   done
 fi
+if [ "$STAGE" = save ] || [ "$STAGE" = all ]; then
+  # every model's results (per-sample outcomes, the checkpoint's sha256), config and training
+  # curve; the cwnet weights (1.25 MB each, 49 models) stay out of git
+  for T in $TEMPS; do for m in init $MODELS; do
+    d="$RUNS/T$T/$m"; [ "$m" = init ] && d="$RUNS/init"
+    [ -f "$d/config.yaml" ] || continue
+    dst="$OUT/runs/${d#"$RUNS"/}"; mkdir -p "$dst"
+    for f in config.yaml metrics.jsonl acc.json cw.json; do [ ! -f "$d/$f" ] || cp "$d/$f" "$dst/"; done
+  done; done
+fi
 if [ "$STAGE" = figures ] || [ "$STAGE" = all ]; then
-  mkdir -p "$OUT"
-  python leaderboards/recipes/seed000_figures.py "$RUNS" "$OUT" --temps $TEMPS
+  # from the saved results, so the committed figures redraw from a fresh clone
+  python leaderboards/recipes/seed000_figures.py "$OUT/runs" "$OUT" --temps $TEMPS
 fi
