@@ -59,7 +59,9 @@ def test_seed000_figures_from_result_files(tmp_path):
             (d / "acc.json").write_text(json.dumps(acc))
             mp = {"cw-l0:steps=30,lr=0.05": {"mean": 10.0 + i + t, "max": 30.0, "success_rate": 1.0},
                   "cw-l2": {"mean": 1.5, "max": 2.5, "success_rate": 0.9}}
-            (d / "cw.json").write_text(json.dumps({"min_perturbation": mp}))
+            per = {"index": list(range(10)),  # per-point distances: step-2 is 2 above the teacher on every point
+                   "min_distance": {"cw-l0:steps=30,lr=0.05": [10.0 + i + t + k % 3 for k in range(10)]}}
+            (d / "cw.json").write_text(json.dumps({"min_perturbation": mp, "per_sample": per}))
     r = subprocess.run([sys.executable, str(ROOT / "leaderboards" / "recipes" / "seed000_figures.py"), str(runs),
                         str(out), "--temps", "1", "5", "20"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -86,6 +88,8 @@ def test_seed000_figures_from_result_files(tmp_path):
     assert v == "supported" and measured.endswith("student via assistant 1.00")
     measured, v = verdict["The student via the assistant is more robust than the teacher and the assistant (cw-l0)"]
     assert v == "supported" and measured.startswith("highest of the three at 3 of 3 temperatures")
+    assert "vs teacher: mean paired difference +2 (se 0) over 30 points" in measured
+    assert "vs student (DD): mean paired difference +1 (se 0) over 30 points" in measured
     assert verdict["Robustness (mean rho_adv, cw-l2) increases with T"][1] == "not supported"  # flat
     assert verdict["More distillation steps do not change accuracy significantly"] == (
         "largest spread over steps 1-6 at one T 2.00 % (tolerance 2.91 %)", "consistent (within sampling error)")

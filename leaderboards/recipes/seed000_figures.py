@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 import matplotlib
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, wilcoxon
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,6 +42,10 @@ def load(runs: Path, temps):
                 mp = found.get(a) or {}
                 row[f"{a}_mean"], row[f"{a}_max"] = mp.get("mean"), mp.get("max")
                 row[f"{a}_success"] = mp.get("success_rate")
+            per = (cw.get("per_sample") or {})
+            row["_dist"] = {spec.split(":")[0]: {i: v for i, v in zip(per.get("index", []), d)
+                                                 if v is not None and math.isfinite(v)}
+                            for spec, d in (per.get("min_distance") or {}).items()}
             rows.append(row)
     return rows
 
@@ -74,6 +78,28 @@ def _trend(rows, pos, key):
         return None
     rho = spearmanr([r["T"] for r in pts], [r[key] for r in pts]).statistic
     return None if math.isnan(rho) else float(rho)
+
+
+def _paired(rows, atk, pos, others):
+    """Per-point paired comparison of POS's minimal distances with each of OTHERS' at the same T
+    on the same test points, pooled over T: mean difference and the Wilcoxon signed-rank p."""
+    out = []
+    for other in others:
+        diffs = []
+        for r in rows:
+            if r["model"] != pos:
+                continue
+            o = next((q for q in rows if q["T"] == r["T"] and q["model"] == other), None)
+            if o is None:
+                continue
+            a, b = r["_dist"].get(atk, {}), o["_dist"].get(atk, {})
+            diffs += [a[i] - b[i] for i in a.keys() & b.keys()]
+        if len(diffs) >= 10 and any(diffs):
+            mean = sum(diffs) / len(diffs)
+            se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+            out.append(f"vs {ROLE[other]}: mean paired difference {mean:+.3g} (se {se:.2g}) over {len(diffs)} "
+                       f"points, Wilcoxon p = {wilcoxon(diffs).pvalue:.2g}")
+    return ("; " + "; ".join(out)) if out else ""
 
 
 def _fmt(v, spec=".2f"):
@@ -133,9 +159,10 @@ def claims(rows, n_acc):
         if full:
             wins = sum(d["step-2"] > max(d["teacher"], d["step-1"]) for d in full)
             m = {p: sum(d[p] for d in full) / len(full) for p in three}
+            paired = _paired(rows, atk, "step-2", ("teacher", "step-1"))
             out.append((f"The student via the assistant is more robust than the teacher and the assistant ({atk})",
                         f"highest of the three at {wins} of {len(full)} temperatures; mean over T: "
-                        + ", ".join(f"{ROLE[p]} {m[p]:.3g}" for p in three),
+                        + ", ".join(f"{ROLE[p]} {m[p]:.3g}" for p in three) + paired,
                         "supported" if wins > len(full) / 2 and m["step-2"] > max(m["teacher"], m["step-1"])
                         else "not supported"))
     means = {atk: [r[f"{atk}_mean"] for r in _finite(rows, f"{atk}_mean")] for atk in ATTACKS}
@@ -163,15 +190,19 @@ def claims(rows, n_acc):
                     "consistent (within sampling error)" if max(spans) <= tol else "not supported"))
     for atk in ATTACKS:
         key = f"{atk}_mean"
-        steps = [(r["position"], r[key]) for r in _finite(rows, key)]
-        xs = sorted({p for p, _ in steps})
-        if len(xs) < 3:
+        have = _finite(rows, key)
+        xs = sorted({r["position"] for r in have})
+        temps = [t for t in sorted({r["T"] for r in have})  # the temperatures with every step
+                 if {r["position"] for r in have if r["T"] == t} == set(xs)]
+        steps = [(r["position"], r[key]) for r in have if r["T"] in temps]
+        if len(xs) < 3 or not temps:
             continue
         means = [sum(v for p, v in steps if p == x) / sum(1 for p, _ in steps if p == x) for x in xs]
         rho = float(spearmanr(xs, means).statistic)
         rho = None if math.isnan(rho) else rho
         out.append((f"Robustness ({atk}) increases with the number of distillation steps",
-                    f"mean over T by step (0 = teacher) {', '.join(f'{x}: {m:.3g}' for x, m in zip(xs, means))}; "
+                    f"mean over T = {', '.join(f'{t:g}' for t in temps)} by step (0 = teacher) "
+                    f"{', '.join(f'{x}: {m:.3g}' for x, m in zip(xs, means))}; "
                     f"Spearman rho {_fmt(rho)}", "supported" if rho is not None and rho >= 0.5 else "not supported"))
     return out
 
@@ -188,7 +219,7 @@ def main():
     if not rows:
         raise SystemExit(f"no results under {a.runs}")
     with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if not k.startswith("_")], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     n_acc = min(r["n"] for r in rows)
