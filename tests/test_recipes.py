@@ -83,7 +83,7 @@ def test_seed000_figures_from_result_files(tmp_path):
         "0 of 6 (T, distilled model) pairs", "not supported")
     assert verdict["Accuracy varies very little with distillation (MNIST: at most 0.15 % from the T = 1 teacher)"][1] \
         == "not supported"
-    assert verdict["Higher T gives smaller gradients and more near-zero gradients (< 1e-10)"][1] == "supported"
+    assert verdict["Higher T gives the teachers smaller gradients and more near-zero gradients (< 1e-10)"][1] == "supported"
     measured, v = verdict["Robustness (mean rho_adv, cw-l0) increases with T"]
     assert v == "supported" and measured.endswith("student via assistant 1.00")
     measured, v = verdict["The student via the assistant is more robust than the teacher and the assistant (cw-l0)"]

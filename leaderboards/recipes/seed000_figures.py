@@ -61,6 +61,8 @@ def lines(rows, positions, key, ax, title, ylabel):
         if xs:
             ax.plot(xs, ys, marker="o", label=ROLE.get(pos, pos))
     ax.set_xscale("symlog")
+    ts = sorted({r["T"] for r in rows})
+    ax.set_xticks(ts, [f"{t:g}" for t in ts])
     ax.set_xlabel("distillation temperature T")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -140,8 +142,11 @@ def claims(rows, n_acc):
                 f"{wins} of {total} (T, distilled model) pairs", "supported" if total and wins >= 0.75 * total
                 else "not supported"))
     rs, rf = _trend(rows, "teacher", "sensitivity_mean"), _trend(rows, "teacher", "fraction_grad_below_1e-10")
-    out.append(("Higher T gives smaller gradients and more near-zero gradients (< 1e-10)",
-                f"teachers: rho(T, mean gradient amplitude) {_fmt(rs)}, rho(T, share < 1e-10) {_fmt(rf)}",
+    students = "; ".join(f"{ROLE[p]}: {_fmt(_trend(rows, p, 'sensitivity_mean'))}, "
+                         f"{_fmt(_trend(rows, p, 'fraction_grad_below_1e-10'))}" for p in ("step-1", "step-2"))
+    out.append(("Higher T gives the teachers smaller gradients and more near-zero gradients (< 1e-10)",
+                f"teachers: rho(T, mean gradient amplitude) {_fmt(rs)}, rho(T, share < 1e-10) {_fmt(rf)} "
+                f"(the same two for the {students})",
                 "supported" if rs is not None and rf is not None and rs <= -0.5 and rf >= 0.5 else "not supported"))
     for atk in ATTACKS:
         key = f"{atk}_mean"
