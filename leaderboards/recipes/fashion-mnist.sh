@@ -20,8 +20,10 @@
 # at once: runs and evaluations are locked.
 # Cost measured on a 2-core CPU: a student trains in 2 (DD) to 20 minutes (SmaraAD) with two
 # workers; the quick suite takes about 20 minutes per robust smallcnn at one thread (APGD-T's 9
-# targets x 100 steps on every robust point dominate), AutoAttack and Square as much again; the
-# width-48 teachers cost about 3x a student.
+# targets x 100 steps on every robust point dominate); the standard suite's AutoAttack and Square
+# add about 70 more (measured on pgd-at and trades, four workers sharing the two cores: 17-28
+# minutes per 250-point AutoAttack chunk, 10 per Square chunk); the width-48 teachers cost about
+# 3x a student.
 # "restore" copies the committed finished runs and results store back, "save" commits them.
 set -euo pipefail
 STAGE=${1:-all}
@@ -135,16 +137,21 @@ if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
   done
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
-  # Seed 0 first, students before teachers: the quick suite (an interim board), then the standard
-  # suite, which takes the quick suite's attacks from the store and adds AutoAttack and Square, with
-  # the distillation metrics against the run's teachers; then the quick suite for the other seeds.
+  # Cheapest rows first: the quick suite for seed 0 (students, then teachers), then for the other
+  # seeds (the board's seed statistics), then the standard suite for seed 0 (students, then
+  # teachers), which takes the quick suite's attacks from the store and adds AutoAttack and
+  # Square (about 70 core-minutes per robust smallcnn), with the distillation metrics against the
+  # run's teachers.
   for s in $SEEDS; do [ "$s" = 0 ] || continue
     for m in $METHODS; do evaluate "$RUNS/$m-s0" quick "$N" --no-teachers; done
-    for m in $METHODS; do evaluate "$RUNS/$m-s0" "$SUITE0" "$N"; done
+    for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" quick "$N"; done
   done
-  for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" quick "$N"; evaluate "$RUNS/teacher-$t" "$SUITE0" "$N"; done
   for s in $SEEDS; do [ "$s" = 0 ] && continue
     for m in $METHODS; do evaluate "$RUNS/$m-s$s" quick "$SEED_N" --no-teachers --no-checks; done
+  done
+  for s in $SEEDS; do [ "$s" = 0 ] || continue
+    for m in $METHODS; do evaluate "$RUNS/$m-s0" "$SUITE0" "$N"; done
+    for t in natural pgd-at trades vit; do evaluate "$RUNS/teacher-$t" "$SUITE0" "$N"; done
   done
 fi
 if [ "$STAGE" = save ] || [ "$STAGE" = all ]; then
