@@ -56,13 +56,13 @@ def series(rows, pos, key):
 
 
 def lines(rows, positions, key, ax, title, ylabel):
+    """One line per chain position over T, the temperatures evenly spaced (as the paper plots them)."""
+    ts = sorted({r["T"] for r in rows})
     for pos in positions:
         xs, ys = series(rows, pos, key)
         if xs:
-            ax.plot(xs, ys, marker="o", label=ROLE.get(pos, pos))
-    ax.set_xscale("symlog")
-    ts = sorted({r["T"] for r in rows})
-    ax.set_xticks(ts, [f"{t:g}" for t in ts])
+            ax.plot([ts.index(x) for x in xs], ys, marker="o", label=ROLE.get(pos, pos))
+    ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
     ax.set_xlabel("distillation temperature T")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
