@@ -93,3 +93,47 @@ def test_seed000_figures_from_result_files(tmp_path):
     assert verdict["Robustness (mean rho_adv, cw-l2) increases with T"][1] == "not supported"  # flat
     assert verdict["More distillation steps do not change accuracy significantly"] == (
         "largest spread over steps 1-6 at one T 2.00 % (tolerance 2.91 %)", "consistent (within sampling error)")
+
+
+def _chain(runs, temps, last_link):
+    """A full seed-000 chain (teacher, steps 1-5, last link) at TEMPS with per-point CW-L0 distances
+    10 + step + (k mod 3) on 20 points, the last link's given by LAST_LINK(k, step-1's distance)."""
+    positions = ["teacher", "step-1", "step-2", "step-3", "step-4", "step-5", "student"]
+    for t in temps:
+        for i, pos in enumerate(positions):
+            d = runs / f"T{t}" / pos
+            d.mkdir(parents=True)
+            (d / "acc.json").write_text(json.dumps({"n": 1000, "clean_accuracy": 0.9, "confidence": 0.9, "sensitivity": {
+                "mean": 1e-3, "fraction_below_1e-10": 0.0}}))
+            dist = [11.0 + k % 3 + last_link(k) if pos == "student" else 10.0 + i + k % 3 for k in range(20)]
+            mp = {"cw-l0": {"mean": sum(dist) / 20, "max": max(dist), "success_rate": 1.0}}
+            (d / "cw.json").write_text(json.dumps({"min_perturbation": mp, "per_sample": {
+                "index": list(range(20)), "min_distance": {"cw-l0": dist}}}))
+
+
+def _multistep_verdict(tmp_path, name, temps, last_link):
+    runs, out = tmp_path / name / "runs", tmp_path / name / "out"
+    _chain(runs, temps, last_link)
+    r = subprocess.run([sys.executable, str(ROOT / "leaderboards" / "recipes" / "seed000_figures.py"), str(runs),
+                        str(out), "--temps", *map(str, temps)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in (out / "claims.md").read_text().splitlines()
+                if ln.startswith("| Robustness (cw-l0) increases with the number of distillation steps"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_seed000_multistep_claim_needs_the_last_link_significantly_above_the_dd_student(tmp_path):
+    """Steps 0-5 at 10-15 on average.  A last link 5 above step 1 on every point (mean 16) is a
+    rising trend the per-point test confirms; one whose differences from step 1 are
+    +3, -3, +1, -0.5 in turn (mean +0.125: the step means still rank-correlate, rho = 0.64) is
+    not significant (Wilcoxon on 40 pairs, p = 0.5); at one temperature the claim waits."""
+    measured, verdict = _multistep_verdict(tmp_path, "rising", (1, 5), lambda k: 5.0)
+    assert verdict == "supported"
+    assert "Spearman rho 1.00; vs student (DD): mean paired difference +5 (se 0) over 40 points" in measured
+    measured, verdict = _multistep_verdict(tmp_path, "noisy", (1, 5), lambda k: [3.0, -3.0, 1.0, -0.5][k % 4])
+    assert "Spearman rho 0.64" in measured and "mean paired difference +0.125" in measured
+    p = float(measured.rsplit("Wilcoxon p = ", 1)[1])
+    assert 0.3 < p < 0.7
+    assert verdict == "not supported: the means rise, but the last link is not significantly above the DD student"
+    _, verdict = _multistep_verdict(tmp_path, "one-t", (1,), lambda k: 5.0)
+    assert verdict.startswith("not decided yet")
