@@ -183,7 +183,8 @@ def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
         if vals:
             mean, sd, half = _t_interval(vals)
             row[f"{key}_seed_mean"], row[f"{key}_seed_sd"] = mean, sd
-            row[f"{key}_seed_ci95"] = None if half is None else _ci([mean - half, mean + half])
+            # accuracies: the t interval clipped to [0, 1]
+            row[f"{key}_seed_ci95"] = None if half is None else _ci([max(0.0, mean - half), min(1.0, mean + half)])
         else:
             row[f"{key}_seed_mean"] = row[f"{key}_seed_sd"] = row[f"{key}_seed_ci95"] = None
     row["_quick_values"] = [v for v in (quick_worst(r, points) for r in seeds) if v is not None]

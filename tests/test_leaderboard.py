@@ -54,6 +54,7 @@ def test_rows_group_seeds_sort_and_statistics():
     # exact two-sided Mann-Whitney U of (0.4, 0.5, 0.6) vs (0.3, 0.2, 0.1): U = 9, p = 2 / C(6, 3) = 0.1
     assert ard["mwu_vs_next"].startswith("U=9 p=0.1 ")
     assert rows[1]["mwu_vs_next"] is None
+    assert rows[1]["quick_worst_seed_ci95"] == "0.0000-0.4484"  # 0.2 +/- 0.248, clipped at 0 accuracy
     assert lb.build_rows(results, method="rslad")[0]["name"] == "rslad"
     assert lb.pareto_front([(0.9, 0.1), (0.8, 0.5), (0.7, 0.4), (0.6, 0.5)]) == [0, 1]
     assert lb.build_rows(results, eps=0.2) == []
