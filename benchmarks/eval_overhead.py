@@ -3,6 +3,9 @@
 1. kdbench ``pgd`` (torchattacks, 20 steps) vs a hand-written PGD-20 loop: same model, data, batch.
 2. kdbench ``autoattack`` vs pyautoattack called directly.
 3. ``--cascade`` on the standard suite vs every attack on every point.
+4. the standard suite with AutoAttack composed per point (the default: reuses the suite's APGD-CE,
+   APGD-T and Square, runs FAB-T) vs the same suite with the single reference call
+   (``autoattack:composed=false``), and how many points their AutoAttack outcomes differ on.
 
     python benchmarks/eval_overhead.py [--n 500]
 """
@@ -78,6 +81,22 @@ def main():
                                     cascade=True))
     print(f"standard suite, {a.aa_n} points: every attack on every point {t_all:.2f}s, cascade {t_cas:.2f}s, "
           f"speed-up {t_all / t_cas:.2f}x")
+
+    from kdbench.evaluate.attacks import suite
+
+    kw = dict(eps=eps, batch_size=a.batch, seed=0, device="cpu", checks=False, sensitivity=False)
+    ref_specs = [s if s != "autoattack" else "autoattack:composed=false" for s in suite("standard")]
+    t0 = time.perf_counter()
+    comp = evaluate(model, xs, ys, suite="standard", **kw).to_dict()
+    t_comp = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = evaluate(model, xs, ys, attacks=ref_specs, **kw).to_dict()
+    t_ref = time.perf_counter() - t0
+    fc, fr = comp["per_sample"]["robust"]["autoattack"], ref["per_sample"]["robust"]["autoattack:composed=false"]
+    print(f"standard suite, {a.aa_n} points: AutoAttack as one reference call {t_ref:.2f}s, composed per point "
+          f"{t_comp:.2f}s, speed-up {t_ref / t_comp:.2f}x; AutoAttack robust accuracy "
+          f"{sum(fr) / len(fr):.3f} vs {sum(fc) / len(fc):.3f}, outcomes differ on "
+          f"{sum(p != q for p, q in zip(fc, fr))} point(s) (random starts only)")
 
 
 def _timed(fn) -> float:

@@ -2,6 +2,7 @@
 reproducibility, the results store and resume, sharding, bad input."""
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -61,10 +62,10 @@ def test_closed_form_linear_model(linear_case, attacks):
     assert r.robust_accuracy() == pytest.approx(exact)
 
 
-def test_closed_form_multiclass_linear():
+@pytest.fixture(scope="module")
+def multiclass_linear():
     """4-class linear model W x: point i is provably robust at eps iff for every j != y
-    (z_y - z_j) > eps * ||w_y - w_j||_1.  No attack may break a provably robust point, and the
-    targeted APGD (one target per class pair) reaches the exact value."""
+    (z_y - z_j) > eps * ||w_y - w_j||_1; returns the points' provable-robustness mask too."""
     torch.manual_seed(1)
     W = torch.randn(4, 16)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4, bias=False))
@@ -78,7 +79,14 @@ def test_closed_form_multiclass_linear():
     slack = (gap - need).masked_fill(torch.nn.functional.one_hot(y, 4).bool(), float("inf")).min(1).values
     keep = slack.abs() > 1e-3
     x, y, slack = x[keep], y[keep], slack[keep]
-    exact = (slack > 0).float().mean().item()
+    return model, x, y, eps, slack > 0
+
+
+def test_closed_form_multiclass_linear(multiclass_linear):
+    """No attack may break a provably robust point, and the targeted APGD (one target per class
+    pair) reaches the exact value."""
+    model, x, y, eps, provable = multiclass_linear
+    exact = provable.float().mean().item()
     r = evaluate(model, x, y, attacks=["fgsm", "pgd", "apgd-ce", "apgd-t"], eps=eps, device="cpu")
     assert 0.2 < exact < 0.9
     for a in ("fgsm", "pgd", "apgd-ce"):
@@ -115,6 +123,44 @@ def test_autoattack_equals_pyautoattack_direct(default_model, digits):
     assert r["per_sample"]["robust"]["autoattack"] == direct
     assert 0 < sum(direct) < sum(r["per_sample"]["correct_clean"])  # some points survive, some break
     assert r["attacks"]["autoattack"]["backend"] == "autoattack"
+
+
+def test_composed_autoattack_reuses_its_components_and_stays_exact(multiclass_linear, tmp_path):
+    """AutoAttack standard is composed per point from APGD-CE, APGD-T, FAB-T and Square: components
+    already run (earlier in the run, or in the store) are reused, FAB-T attacks only the points the
+    APGDs left robust, and the result is the closed form, as the reference single call's is."""
+    model, x, y, eps, provable = multiclass_linear
+    x, y, provable = x[:120], y[:120], provable[:120]  # Square's 5 000 queries on the robust points dominate
+    exact = provable.float().mean().item()
+    comps = ["apgd-ce", "apgd-t", "square"]
+    kw = dict(eps=eps, device="cpu", chunk_size=60, checks=False, sensitivity=False)
+    first = evaluate(model, x, y, attacks=comps, store=ResultStore(tmp_path / "r.db"), **kw).to_dict()
+    shutil.copyfile(tmp_path / "r.db", tmp_path / "r2.db")
+    # AutoAttack alone: its components come from the store's per-chunk rows
+    from_store = evaluate(model, x, y, attacks=["autoattack"], store=ResultStore(tmp_path / "r.db"), resume=True,
+                          **kw).to_dict()
+    # the standard suite's order: the components earlier in the same run (here themselves from the store)
+    in_run = evaluate(model, x, y, attacks=comps + ["autoattack"], store=ResultStore(tmp_path / "r2.db"),
+                      resume=True, **kw).to_dict()
+    ps = in_run["per_sample"]["robust"]
+    apgd_left = sum(a and b for a, b in zip(ps["apgd-ce"], ps["apgd-t"]))
+    chunks = 2
+    for r in (from_store, in_run):
+        comp = r["attacks"]["autoattack"]["composition"]
+        assert comp["fab"] == {"reused_chunks": 0, "attacked_points": apgd_left}
+        assert all(comp[c] == {"reused_chunks": chunks, "attacked_points": 0} for c in comps)
+        assert r["attacks"]["autoattack"]["params"]["composed"] is True
+        assert r["attacks"]["autoattack"]["robust_accuracy"] == pytest.approx(exact, abs=1 / len(y))
+    assert from_store["per_sample"]["robust"]["autoattack"] == ps["autoattack"]  # same components, same FAB run
+    assert first["per_sample"]["robust"]["apgd-t"] == ps["apgd-t"]
+    aa = torch.tensor(ps["autoattack"])
+    assert not (aa & ~torch.tensor(ps["apgd-ce"])).any() and not (aa & ~torch.tensor(ps["square"])).any()
+    assert aa[provable].all()  # never breaks a provably robust point
+    # the reference single call (one chunk of it): also the closed form
+    ref = evaluate(model, x[:60], y[:60], attacks=["autoattack:composed=false"], **kw).to_dict()
+    a = ref["attacks"]["autoattack:composed=false"]
+    assert a["params"]["composed"] is False and "composition" not in a
+    assert a["robust_accuracy"] == pytest.approx(provable[:60].float().mean().item(), abs=1 / 60)
 
 
 def test_channels_last_changes_nothing_but_layout(default_model, digits):

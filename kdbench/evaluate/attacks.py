@@ -16,7 +16,8 @@ apgd-ce        autoattack (pyautoattack APGD-CE)    torchattacks (APGD), art
 apgd-t         autoattack (APGD-T, top-9 targets)   torchattacks (APGDT)
 fab            autoattack (FAB-T, 9 targets)        torchattacks (FAB)
 square         autoattack (Square, 5 000 queries)   torchattacks (Square), art
-autoattack     autoattack (reference; standard, plus, rand)
+autoattack     autoattack (reference; standard, plus, rand; standard composed per point from its
+               four components, reusing those already run: see kdbench.evaluate.core)
 deepfool       torchattacks.DeepFool                art
 cw-l2          torchattacks.CW                      art (CarliniL2Method)
 =============  ===================================  =====================================
@@ -237,6 +238,7 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
                            f"{num_classes}); use apgd-ce, pgd or cw-linf")
     lib = False
     min_norm = None
+    extra: Dict[str, Any] = {}
     if name == "fgsm":
         p = _defaults(kw)
         run = _torchattacks("FGSM", eps=eps) if b == "torchattacks" else \
@@ -302,11 +304,14 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
                            nb_restarts=1, batch_size=512)
             p = {"eps": eps, **p}
     elif name == "autoattack":
-        p = _defaults(kw, version="standard")
+        p = _defaults(kw, version="standard", composed=True)
         if p["version"] not in ("standard", "plus", "rand"):
             raise KdbenchError(f"autoattack version must be standard, plus or rand, got {p['version']!r}")
+        p["composed"] = bool(p["composed"]) and p["version"] == "standard"
         run = _pyautoattack(None, eps, norm, seed, version=p["version"], num_classes=num_classes)
         lib = True
+        if p["composed"]:  # evaluate() runs AA's sequence itself, reusing components already run
+            extra = {"components": [build_attack(c, eps, norm, seed, num_classes) for c in AA_STANDARD]}
         p = {"eps": eps, "norm": norm, "seed": seed, **p, "library": "pyautoattack (reference AutoAttack)"}
     elif name == "deepfool":
         p = _defaults(kw, steps=50, overshoot=0.02)
@@ -343,7 +348,13 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
         min_norm = "Linf"
     else:  # pragma: no cover - guarded by ATTACK_NAMES
         raise KdbenchError(f"unknown attack {name!r}")
-    return Attack(spec, name, b, p, run, norm=norm, eps=eps, library_batches=lib, min_norm=min_norm)
+    return Attack(spec, name, b, p, run, norm=norm, eps=eps, library_batches=lib, min_norm=min_norm, extra=extra)
+
+
+# AutoAttack's standard version: these components, in this order, each on the points the earlier
+# ones left robust (pyautoattack's run_standard_evaluation); the specs are kdbench's single-component
+# attacks, which configure each exactly as that version does.
+AA_STANDARD = ["apgd-ce", "apgd-t", "fab", "square"]
 
 
 ATTACK_NAMES = ["fgsm", "pgd", "bim", "mifgsm", "cw-linf", "apgd-ce", "apgd-t", "fab", "square", "autoattack",
@@ -362,7 +373,8 @@ LINF_ONLY = {"fgsm", "bim", "mifgsm", "cw-linf"}
 
 SUITES = {
     "quick": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t"],
-    "standard": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t", "autoattack", "square"],
+    # square before autoattack: AutoAttack then reuses Square's run (and APGD-CE's, APGD-T's) per point
+    "standard": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t", "square", "autoattack"],
     # the seed papers' protocol: FGSM, PGD-20 (step eps/4 = 2/255 at 8/255), CW-inf 20 steps, AutoAttack,
     # and seed 000's minimal-perturbation attacks (rho_adv under CW-L0 / L2 / L-inf)
     "paper": ["fgsm", "pgd:steps=20", "cw-linf:steps=20", "autoattack", "cw-l0", "cw-l2", "cw-linf-min"],

@@ -137,6 +137,11 @@ def print_table(r: dict) -> None:
               f"{w['worst_class']['class']}: {w['worst_class']['robust_accuracy']:.1%}", "", "")
     c = Console(width=max(Console().width, 132))
     c.print(t)
+    for name, a in r["attacks"].items():
+        if a.get("composition"):
+            parts = [f"{k} ({'reused' if v['reused_chunks'] and not v['attacked_points'] else 'run on ' + str(v['attacked_points']) + ' points'})"
+                     for k, v in a["composition"].items()]
+            c.print(f"{name}: AutoAttack standard composed per point from {', '.join(parts)}")
     if r.get("min_perturbation"):
         m = Table(title="minimal perturbation (rho_adv, over clean-correct points)")
         for col in ("attack", "norm", "success", "mean", "median", "max"):

@@ -7,6 +7,8 @@ resuming and sharding.  Chunk ``k`` is attacked with the torch RNG seeded from
 ``(seed, k)`` and handed to pyautoattack whole (it batches internally with ``batch_size``),
 so a chunk's outcome does not depend on which process ran it: under ``torchrun`` chunks are
 dealt round-robin to ranks and the gathered per-sample results equal a single process's.
+AutoAttack standard is run component by component on each chunk, reusing the components the run
+or the store already has (``compose_chunk``; docs/evaluate.md).
 """
 from __future__ import annotations
 
@@ -228,9 +230,35 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
                    TextColumn("ETA"), TimeRemainingColumn(), disable=not (progress and dinfo.main), transient=True)
     still = correct.clone()  # robust under every attack so far (for the cascade and the worst case)
     per_attack: Dict[str, dict] = {}
+
+    def compose_chunk(a: Attack, k: int, idx, target, composition: dict) -> torch.Tensor:
+        """AutoAttack standard on one chunk, composed per point as run_standard_evaluation does:
+        each component, in AA's order, on the points the earlier ones left robust.  A component
+        that already attacked these points (earlier in this run, or in the store under --resume)
+        is not run again: its outcome on a point does not depend on the batch it ran in (only its
+        random start does), so AND-ing the outcomes is AutoAttack's result.  Nothing reused: the
+        same calls on the same points as pyautoattack's own sequence.  Returns target's broken mask."""
+        alive = torch.zeros(n_total, dtype=torch.bool)
+        alive[target] = True
+        for c in a.extra["components"]:
+            info = composition.setdefault(c.key, {"reused_chunks": 0, "attacked_points": 0})
+            done = next((pa for pa in per_attack.values() if (pa["name"], pa["backend"], pa["params"]) ==
+                         (c.name, c.backend, c.params)), None)
+            part = store.get_partial(key, slot(c), k) if (done is None and store is not None and resume) else None
+            if done is not None or part is not None:
+                alive[idx] &= done["flags"][idx] if done is not None else torch.tensor(part["robust"])
+                info["reused_chunks"] += 1
+                continue
+            sub = idx[alive[idx]]
+            broken, _ = _attack_chunk(c, counted, model, x, y, sub, dev, batch_size, seed * 1_000_003 + k,
+                                      lambda m: None)
+            alive[sub[broken]] = False
+            info["attacked_points"] += len(sub)
+        return ~alive[target]
     with bar:
         for a in built:
             robust = correct.clone()
+            composition: dict = {}  # composed AutoAttack: which components were reused or run
             dists = torch.zeros(n_total)  # clean-misclassified points need no perturbation
             fwd0, bwd0 = counted.forward_images, counted.backward_images
             stored_f = stored_b = 0
@@ -251,8 +279,12 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
                 c_t0, c_f0, c_b0 = time.time(), counted.forward_images, counted.backward_images
                 # minimal-perturbation attacks always run on every clean-correct point (their distances)
                 target = idx[(still if cascade and not a.min_norm else correct)[idx]]
-                broken, dist = _attack_chunk(a, counted, model, x, y, target, dev, batch_size,
-                                             seed * 1_000_003 + k, lambda m: bar.advance(task, m))
+                if a.extra.get("components"):
+                    broken, dist = compose_chunk(a, k, idx, target, composition), None
+                    bar.advance(task, len(target))
+                else:
+                    broken, dist = _attack_chunk(a, counted, model, x, y, target, dev, batch_size,
+                                                 seed * 1_000_003 + k, lambda m: bar.advance(task, m))
                 robust[idx] = correct[idx]
                 robust[target[broken]] = False
                 if a.min_norm:
@@ -274,7 +306,8 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
             per_attack[a.key] = {"flags": robust, "backend": a.backend, "params": a.params, "name": a.name,
                                  "distances": dists if a.min_norm else None, "min_norm": a.min_norm,
                                  "seconds": time.time() - t0 + stored_seconds,
-                                 "passes": {"forward": int(fwd), "backward": int(bwd)}}
+                                 "passes": {"forward": int(fwd), "backward": int(bwd)},
+                                 **({"composition": composition} if composition else {})}
             bar.remove_task(task)
     correct_list = correct.tolist()
     labels = y.tolist()
@@ -293,7 +326,8 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         if cascade:
             s["note"] = "cascade: attacked only points robust to the earlier attacks (cumulative)"
         res["attacks"][name] = {**s, "backend": pa["backend"], "params": pa["params"], "seconds": pa["seconds"],
-                                "passes": pa["passes"]}
+                                "passes": pa["passes"],
+                                **({"composition": pa["composition"]} if "composition" in pa else {})}
         res["per_sample"]["robust"][name] = flags
         if pa["distances"] is not None:
             d = pa["distances"]

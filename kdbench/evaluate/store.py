@@ -5,7 +5,7 @@ or failed run never leaves a partial result and never alters earlier rows.  ``pa
 per-chunk attack outcomes keyed by the evaluation's configuration hash (model, points, eps,
 seed, chunking; the attack list too under ``--cascade``) and the attack's spec and parameters,
 so ``--resume`` continues where a run stopped and reuses every attack already run on the same
-points (the standard suite after the quick suite runs only AutoAttack and Square).  A run
+points (the standard suite after the quick suite runs only Square and AutoAttack's FAB-T).  A run
 without ``--resume`` clears its key's rows first.
 """
 from __future__ import annotations
