@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .errors import KdbenchError
@@ -80,7 +81,10 @@ def cmd_train(args) -> int:
         last = history[-1]
         ev = f", clean {last['clean_acc']:.4f}" if "clean_acc" in last else ""
         ev += f", pgd {last['pgd_acc']:.4f}" if "pgd_acc" in last else ""
-        print(f"trained {cfg.method or 'run'} -> {args.out} (epoch {last['epoch']}{ev})")
+        method = cfg.method
+        if args.resume:  # the run's own config, not the command line's defaults
+            method = (yaml.safe_load((Path(args.out) / "config.yaml").read_text()) or {}).get("method", method)
+        print(f"trained {method or 'run'} -> {args.out} (epoch {last['epoch']}{ev})")
     return 0
 
 

@@ -134,17 +134,17 @@ def test_pgd_at_on_digits_reaches_targets(digits_teacher):
     assert "dataset_info" in cfg and "num_classes: 10" in cfg
 
 
-def _train_args(out, epochs=3):
-    return ["train", "--method", "pgd-at", "--dataset", "digits", "--epochs", epochs, "--train-subset", 640,
+def _train_args(out, epochs=3, method="pgd-at"):
+    return ["train", "--method", method, "--dataset", "digits", "--epochs", epochs, "--train-subset", 640,
             "--out", out, "--no-progress", "--seed", "7"]
 
 
 def test_kill9_then_resume_gives_identical_weights(tmp_path):
-    ref = run_cli(*_train_args(tmp_path / "ref"))
+    ref = run_cli(*_train_args(tmp_path / "ref", method="trades"))  # not the default method
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
     env = {**os.environ, "KDBENCH_DATA_DIR": os.environ["KDBENCH_DATA_DIR"]}
-    proc = subprocess.Popen([sys.executable, "-m", "kdbench", *map(str, _train_args(out))], cwd=str(ROOT),
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", *map(str, _train_args(out, method="trades"))], cwd=str(ROOT),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "metrics.jsonl").exists():
@@ -156,6 +156,7 @@ def test_kill9_then_resume_gives_identical_weights(tmp_path):
     assert 1 <= len(lines) < 3, "the kill should land before the run finished"
     res = run_cli("train", "--out", out, "--resume", "--no-progress")
     assert res.returncode == 0, res.stderr
+    assert f"trained trades -> {out}" in res.stdout  # named from the run's config
     a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
