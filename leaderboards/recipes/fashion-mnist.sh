@@ -20,10 +20,12 @@
 # at once: runs and evaluations are locked.
 # Cost measured on a 2-core CPU: a student trains in 2 (DD) to 20 minutes (SmaraAD) with two
 # workers; the quick suite takes about 20 minutes per robust smallcnn at one thread (APGD-T's 9
-# targets x 100 steps on every robust point dominate); the standard suite's AutoAttack and Square
-# add about 70 more (measured on pgd-at and trades, four workers sharing the two cores: 17-28
-# minutes per 250-point AutoAttack chunk, 10 per Square chunk); the width-48 teachers cost about
-# 3x a student.
+# targets x 100 steps on every robust point dominate); the standard suite's Square and AutoAttack
+# add about 70 more when AutoAttack runs as one reference call (measured on pgd-at and trades,
+# four workers sharing the two cores: 17-28 minutes per 250-point AutoAttack chunk, 10 per Square
+# chunk), about half that composed per point (kdbench's default since 6d597db: AutoAttack reuses
+# the suite's APGD-CE, APGD-T and Square and runs only FAB-T; docs/evaluate.md); the width-48
+# teachers cost about 3x a student.
 # "restore" copies the committed finished runs and results store back, "save" commits them.
 set -euo pipefail
 STAGE=${1:-all}
