@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from kdbench.attacks.cw import cw_l0, l0_pixels
 from kdbench.data import get_dataset
-from kdbench.evaluate.cli import DEFAULT_WEIGHTS
-from kdbench.models import load_model
+from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+from kdbench.specs import resolve_model
 
 
 def main():
@@ -35,7 +35,7 @@ def main():
     ap.add_argument("--carlini", action="store_true", help="kdbench with Carlini's settings (1000 steps, c to 2e6)")
     ap.add_argument("--art-batch", type=int, default=1, help="ART's default batch size is 1")
     a = ap.parse_args()
-    model = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model.eval()
+    model = resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     ds = get_dataset("digits")

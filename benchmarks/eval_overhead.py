@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.data import get_dataset
-from kdbench.evaluate import evaluate
-from kdbench.evaluate.cli import DEFAULT_WEIGHTS
-from kdbench.models import load_model
+from kdbench.evaluation import evaluate
+from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+from kdbench.specs import resolve_model
 
 
 def hand_pgd(model, x, y, eps, steps, batch):
@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--aa-n", type=int, default=100)
     ap.add_argument("--batch", type=int, default=256)
     a = ap.parse_args()
-    model = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model.eval()
+    model = resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     ds = get_dataset("digits")
@@ -82,7 +82,7 @@ def main():
     print(f"standard suite, {a.aa_n} points: every attack on every point {t_all:.2f}s, cascade {t_cas:.2f}s, "
           f"speed-up {t_all / t_cas:.2f}x")
 
-    from kdbench.evaluate.attacks import suite
+    from kdbench.evaluation.attacks import suite
 
     kw = dict(eps=eps, batch_size=a.batch, seed=0, device="cpu", checks=False, sensitivity=False)
     ref_specs = [s if s != "autoattack" else "autoattack:composed=false" for s in suite("standard")]

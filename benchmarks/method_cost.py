@@ -15,8 +15,9 @@ import torch
 
 from kdbench.config import TrainConfig
 from kdbench.data import get_dataset, iterate
-from kdbench.methods import AttackConfig, get_method
-from kdbench.models import build_model, load_model
+from kdbench.methods import InnerMaxConfig, get_method
+from kdbench.models import build_model
+from kdbench.specs import resolve_model
 
 TEACHERS = {"ard": ["pgd-at"], "iad": ["pgd-at"], "iad-ii": ["pgd-at", "natural"], "rslad": ["pgd-at"],
             "mtard": ["pgd-at", "natural"], "adaad": ["pgd-at"], "adaiad": ["pgd-at"], "dd": ["pgd-at"],
@@ -41,7 +42,7 @@ def main():
         teachers = []
         for t in TEACHERS.get(name, []):
             if t not in cache:
-                m = load_model(f"{a.teachers}/teacher-{t}").model.eval()
+                m = resolve_model(f"{a.teachers}/teacher-{t}").model.eval()
                 for p in m.parameters():
                     p.requires_grad_(False)
                 cache[t] = m
@@ -50,7 +51,7 @@ def main():
         cls = get_method(method_id)
         student = cls.build_student(build_model("smallcnn", info.num_classes, info.in_channels, info.input_size),
                                     {}, len(teachers), info.num_classes)
-        method = cls({}, AttackConfig(0.1, 0.1 * cls.step_ratio, 10), teachers, info.num_classes)
+        method = cls({}, InnerMaxConfig(0.1, 0.1 * cls.step_ratio, 10), teachers, info.num_classes)
         method.prepare(student, ds.train, None, fresh=False)
         method.begin_epoch(0, 5)
         opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)

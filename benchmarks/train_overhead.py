@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kdbench.config import TrainConfig
 from kdbench.data import get_dataset
 from kdbench.models import build_model
-from kdbench.train import train
+from kdbench.training import train
 
 
 def hand_written(x_all, y_all, batch, eps, step, steps, seed):

@@ -24,8 +24,8 @@ from typing import Dict, List, Optional
 import yaml
 
 from .errors import KdbenchError
-from .evaluate.attacks import SUITES
-from .evaluate.metrics import wilson
+from .evaluation.attacks import SUITES
+from .evaluation.metrics import wilson
 
 ATTACK_COLUMNS = [("fgsm", "fgsm"), ("pgd20", "pgd"), ("cw_inf", "cw-linf"), ("autoattack", "autoattack")]
 QUICK = SUITES["quick"]

@@ -57,7 +57,7 @@ def pgd_at_loss(*, s_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(s_adv, y)
 
 
-def trades_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
+def trades_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
     """TRADES (Zhang et al. 2019, Eq. 5; methods.md 10.2):
     CE(f(x), y) + beta * (1/B) sum_b KL(softmax(f(x_b)) || softmax(f(x'_b))).
 
@@ -79,7 +79,7 @@ def custom_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: str = "
 
 
 def ard_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor,
-             alpha: float = 1.0, tau: float = 30.0) -> torch.Tensor:
+             alpha: float, tau: float) -> torch.Tensor:
     """ARD (Goldblum et al. 2020, Eq. 4; methods.md 1.2):
     alpha tau^2 KL(T^tau(x) || S^tau(x')) [element-wise mean over B*C, ``KLDivLoss()``]
     + (1 - alpha) CE(S(x), y) [at temperature 1].  Official defaults alpha = 1, tau = 30."""
@@ -94,11 +94,11 @@ def iad_trust(t_adv: torch.Tensor, y: torch.Tensor, beta: float = 0.1) -> torch.
 
 def iad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None,
              t_nat: torch.Tensor | None = None, t_adv: torch.Tensor | None = None,
-             t_std_adv: torch.Tensor | None = None, variant: str = "I", alpha: float = 1.0, alpha1: float = 0.5,
-             alpha2: float = 0.25, tau: float = 1.0) -> torch.Tensor:
+             t_std_adv: torch.Tensor | None = None, variant: str, tau: float, alpha: float | None = None,
+             alpha1: float | None = None, alpha2: float | None = None) -> torch.Tensor:
     """IAD (Zhu et al. 2022; methods.md 2.2-2.3); batchmean KLs; ``w=None`` means before
     ``begin`` (no introspection term, teacher fully trusted).  The self target S(x) is *not*
-    detached, as in the official code.
+    detached, as in the official code.  IAD-I takes ``alpha``, IAD-II ``alpha1`` and ``alpha2``.
 
     IAD-I:  alpha tau^2 KL(T^tau(x) || S^tau(x')) + alpha (1/B) sum (1 - w) KL(S(x) || S(x'))
             + (1 - alpha) CE(S(x), y)                              (teacher term not weighted)
@@ -107,11 +107,15 @@ def iad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, w: to
     """
     intro = None if w is None else ((1 - w) * kl(s_nat, s_adv, reduction="none")).mean()
     if variant.upper() == "I":
+        if alpha is None:
+            raise ValueError("IAD-I needs alpha")
         loss = alpha * tau * tau * kl(t_nat.detach(), s_adv, T=tau, reduction="batchmean")
         if intro is not None:
             loss = loss + alpha * intro
         return loss + (1 - alpha) * F.cross_entropy(s_nat, y)
     if variant.upper() == "II":
+        if alpha1 is None or alpha2 is None:
+            raise ValueError("IAD-II needs alpha1 and alpha2")
         per = kl(t_adv.detach(), s_adv, T=tau, reduction="none")
         teach = (per * w).mean() if w is not None else per.mean()
         inner = teach + (intro if intro is not None else 0.0)
@@ -120,8 +124,8 @@ def iad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, w: to
     raise ValueError(f"IAD variant must be I or II, got {variant!r}")
 
 
-def rslad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, alpha: float = 5 / 6,
-               kl_scale: float = 1.0) -> torch.Tensor:
+def rslad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, alpha: float,
+               kl_scale: float) -> torch.Tensor:
     """RSLAD (Zi et al. 2021; methods.md 3.2): both terms against the teacher's *clean* soft label,
     custom KL with element-wise mean over B*C, temperature 1:
     alpha k(T(x) || S(x')) + (1 - alpha) k(T(x) || S(x)).  ``kl_scale`` = 10 for CIFAR-100."""
@@ -129,22 +133,22 @@ def rslad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor,
 
 
 def mtard_terms(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
-                kl_scale: float = 1.0):
+                kl_scale: float):
     """MTARD's two distillation terms (methods.md 4.2): L_adv = k(T_adv(x') || S(x')),
     L_nat = k(T_nat(x) || S(x)), custom KL, element-wise mean."""
     return kl_scale * custom_kl(t_adv, s_adv), kl_scale * custom_kl(t_nat, s_nat)
 
 
 def mtard_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
-               w_adv: float = 0.5, w_nat: float = 0.5, kl_scale: float = 1.0) -> torch.Tensor:
+               w_adv: float, w_nat: float, kl_scale: float) -> torch.Tensor:
     """MTARD (Zhao et al. 2022): w_adv L_adv + w_nat L_nat with the current (float) weights;
     ``t_adv`` is the adversarial teacher on x', ``t_nat`` the natural teacher on x."""
     l_adv, l_nat = mtard_terms(s_nat=s_nat, s_adv=s_adv, t_nat=t_nat, t_adv=t_adv, kl_scale=kl_scale)
     return w_adv * l_adv + w_nat * l_nat
 
 
-def mtard_update(w_nat: float, l_adv: float, l_nat: float, l0_adv: float, l0_nat: float, eta: float = 0.025,
-                 beta: float = 1.0):
+def mtard_update(w_nat: float, l_adv: float, l_nat: float, l0_adv: float, l0_nat: float, eta: float,
+                 beta: float):
     """MTARD's adaptive-weight step (methods.md 4.2), from loss *values*:
     r = (L / L0) ** beta;  w_nat <- w_nat - eta (w_nat - r_nat / (r_adv + r_nat));  w_adv = 1 - w_nat."""
     r_adv, r_nat = (l_adv / l0_adv) ** beta, (l_nat / l0_nat) ** beta
@@ -153,7 +157,7 @@ def mtard_update(w_nat: float, l_adv: float, l_nat: float, l0_adv: float, l0_nat
 
 
 def adaad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
-               alpha: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+               alpha: float, reduction: str = "mean") -> torch.Tensor:
     """AdaAD (Huang et al. 2023; methods.md 5.2): alpha KL(T(x') || S(x')) + (1 - alpha) KL(T(x) || S(x)),
     temperature 1; element-wise mean for CIFAR-10 (``KLDivLoss()``), batchmean for CIFAR-100."""
     return (alpha * kl(t_adv.detach(), s_adv, reduction=reduction)
@@ -161,7 +165,7 @@ def adaad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor,
 
 
 def dd_loss(*, s_nat: torch.Tensor, y: torch.Tensor | None = None, t_nat: torch.Tensor | None = None,
-            T: float = 100.0) -> torch.Tensor:
+            T: float) -> torch.Tensor:
     """Defensive distillation (Papernot et al. 2016; methods.md 8.1): mean CE between the target
     q and softmax(Z / T); q is one-hot (training the teacher) or softmax(T(x) / T) from the
     teacher (training the student).  Models are tested at T = 1."""
@@ -172,8 +176,8 @@ def dd_loss(*, s_nat: torch.Tensor, y: torch.Tensor | None = None, t_nat: torch.
     return F.nll_loss(log_q, y)
 
 
-def takd_loss(*, s_nat: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor, lam: float = 0.5,
-              T: float = 5.0) -> torch.Tensor:
+def takd_loss(*, s_nat: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor, lam: float,
+              T: float) -> torch.Tensor:
     """KD as in TAKD (Mirzadeh et al. 2019; methods.md 8.2):
     (1 - lambda) CE(S(x), y) + lambda T^2 KL(T^T(x) || S^T(x)) with element-wise mean."""
     return (1 - lam) * F.cross_entropy(s_nat, y) + lam * T * T * kl(t_nat.detach(), s_nat, T=T, reduction="mean")
@@ -191,8 +195,8 @@ def darht_weights(teachers, y: torch.Tensor, normalise: bool = True) -> torch.Te
     return torch.softmax(-ce, 0) if normalise else torch.exp(-ce)
 
 
-def darht_loss(*, s_adv: torch.Tensor, stf: torch.Tensor, t_adv, y: torch.Tensor, ce: float = 1.0,
-               kd: float = 1.0, normalise: bool = True, kl_direction: str = "student") -> torch.Tensor:
+def darht_loss(*, s_adv: torch.Tensor, stf: torch.Tensor, t_adv, y: torch.Tensor, ce: float,
+               kd: float, normalise: bool, kl_direction: str) -> torch.Tensor:
     """DARHT (seed 001, Eq. 1): ce * CE(S(x~), y) + kd * sum_j w_j KL_j on the batch x~ actually
     used (clean or adversarial, so ``s_adv``/``t_adv`` name whichever it was).
 
@@ -274,7 +278,7 @@ def slack_matching(s: torch.Tensor, t: torch.Tensor, gamma: float = 1000.0, redu
 
 def smaraad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
                  cam_s_nat: torch.Tensor | None = None, cam_s_adv: torch.Tensor, cam_t_nat: torch.Tensor | None = None,
-                 cam_t_adv: torch.Tensor, c: float = 2.0, alpha: float = 1.0, gamma: float = 1000.0) -> torch.Tensor:
+                 cam_t_adv: torch.Tensor, c: float, alpha: float, gamma: float) -> torch.Tensor:
     """SmaraAD (seed 002, Eq. 9): c + (1 - alpha)(L_sm(x) + L_align(x)) + alpha (L_sm(x') + L_align(x')),
     with c = 2 keeping the loss positive and alpha = 1 (only the adversarial terms carry weight)."""
     loss = c + alpha * (slack_matching(s_adv, t_adv, gamma) + align_loss(cam_s_adv, cam_t_adv))
@@ -291,8 +295,8 @@ def entropy_weight(logits: torch.Tensor) -> torch.Tensor:
 
 
 def smaraadpp_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_adv: torch.Tensor, y: torch.Tensor,
-                   cam_s_adv: torch.Tensor, cam_t_adv: torch.Tensor, lam: float = 0.1, gamma: float = 1000.0,
-                   entropy_of: str = "teacher", self_term: str = "intent") -> torch.Tensor:
+                   cam_s_adv: torch.Tensor, cam_t_adv: torch.Tensor, lam: float, gamma: float,
+                   entropy_of: str, self_term: str) -> torch.Tensor:
     """SmaraAD++ (seed 002, Eq. 10), per sample then averaged:
     g w (L_sm(x') + L_align(x')) + (1 - g) (L_self + CE(S(x), y)),  g = P_T(y | x')^lambda.
 
@@ -328,7 +332,7 @@ def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float =
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-def mart_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
+def mart_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
     """MART (Wang et al. 2020) as in AGKD-BML's ``utils.py`` (methods.md 9.3):
     NLL(log(1.0001 - p_adv + 1e-12), y~) with y~ the top non-true class of p_adv, plus
     beta (1/B) sum KL(p_nat || p_adv) (1.0000001 - p_nat,y), gradient through both distributions."""
@@ -358,8 +362,8 @@ def bml_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Te
 
 def agkd_bml_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, fm_s_adv: torch.Tensor,
                   fm_t_nat: torch.Tensor, fm_s_back: torch.Tensor, fm_t_back: torch.Tensor, e_nat: torch.Tensor,
-                  e_adv: torch.Tensor, e_back: torch.Tensor, smoothing: float = 0.5, beta: float = 6.0,
-                  lam1: float = 2.0, margin: float = 0.03, lam2: float = 1e-3) -> torch.Tensor:
+                  e_adv: torch.Tensor, e_back: torch.Tensor, smoothing: float, beta: float,
+                  lam1: float, margin: float, lam2: float) -> torch.Tensor:
     """AGKD-BML (Wang et al. 2021; methods.md 9.3):
     CE_ls(S(x1'), y) + MART(S(x1), S(x1'), y) + |A(F_S(x1')) - A(F_T(x1))|_1 + |A(F_S(x2')) - A(F_T(x2))|_1
     + lam1 * triplet(e(x1'), e(x1), e(x2')).

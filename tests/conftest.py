@@ -41,7 +41,7 @@ def digits():
 def digits_teacher(tmp_path_factory):
     """A PGD-AT teacher on digits, trained once per test session (a few seconds)."""
     from kdbench.config import TrainConfig
-    from kdbench.train import train
+    from kdbench.training import train
 
     out = tmp_path_factory.mktemp("runs") / "teacher"
     train(TrainConfig(method="pgd-at", dataset="digits", epochs=3), out, progress=False)

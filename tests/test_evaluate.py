@@ -13,10 +13,10 @@ import torch.nn as nn
 
 from conftest import ROOT, run_cli
 from kdbench.errors import KdbenchError
-from kdbench.evaluate import evaluate
-from kdbench.evaluate.cli import DEFAULT_WEIGHTS
-from kdbench.evaluate.store import ResultStore
-from kdbench.models import load_model
+from kdbench.evaluation import evaluate
+from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+from kdbench.evaluation.store import ResultStore
+from kdbench.specs import resolve_model
 
 
 class Linear2(nn.Module):
@@ -96,7 +96,7 @@ def test_closed_form_multiclass_linear(multiclass_linear):
 
 @pytest.fixture(scope="module")
 def default_model():
-    return load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    return resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
 
 
 def test_torchattacks_and_art_pgd_agree(default_model, digits):
@@ -206,7 +206,7 @@ def test_store_and_resume_after_failure(default_model, digits, tmp_path, monkeyp
     db = tmp_path / "r.db"
     kw = dict(dataset=digits, n=200, attacks=["fgsm", "pgd"], device="cpu", chunk_size=50)
     ref = evaluate(default_model, store=ResultStore(tmp_path / "ref.db"), **kw).to_dict()
-    import kdbench.evaluate.core as core
+    import kdbench.evaluation.core as core
 
     real = core._attack_chunk
     calls = {"n": 0}
@@ -292,7 +292,7 @@ def test_torchrun_shards_equal_single_process(tmp_path):
 
 
 def test_user_attacks_register_and_are_rechecked(default_model, digits):
-    from kdbench.evaluate.attacks import register_attack
+    from kdbench.evaluation.attacks import register_attack
 
     @register_attack("test-noise", norms=("Linf",), defaults={"tries": 3})
     def noise(eps, norm, seed, num_classes, tries):

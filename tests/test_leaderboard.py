@@ -9,8 +9,8 @@ from conftest import run_cli
 
 from kdbench import leaderboard as lb
 from kdbench.check import check, mcnemar_worse, two_proportion_worse
-from kdbench.evaluate.attacks import SUITES
-from kdbench.evaluate.metrics import wilson
+from kdbench.evaluation.attacks import SUITES
+from kdbench.evaluation.metrics import wilson
 from kdbench.errors import KdbenchError
 
 

@@ -10,10 +10,11 @@ from conftest import ModeSpy
 
 from kdbench import losses
 from kdbench.config import TrainConfig, merge
-from kdbench.methods import AttackConfig, get_method
-from kdbench.models import build_model, classifier_of, forward_all, load_model
+from kdbench.methods import InnerMaxConfig, get_method
+from kdbench.models import build_model, classifier_of, forward_all
+from kdbench.specs import resolve_model
 from kdbench.models.stf import STFStudent
-from kdbench.train import train
+from kdbench.training import train
 
 S = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
 T = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
@@ -43,7 +44,8 @@ def test_darht_weights_and_loss():
     w = torch.exp(-ce) / torch.exp(-ce).sum()
     assert torch.allclose(losses.darht_weights([T, T2], y), w)
     stf = torch.cat([S, S.flip(1)], 1)  # teacher 0's block = S, teacher 1's = S reversed
-    paper = losses.darht_loss(s_adv=S, stf=stf, t_adv=[T, T2], y=y)
+    paper = losses.darht_loss(s_adv=S, stf=stf, t_adv=[T, T2], y=y, ce=1.0, kd=1.0, normalise=True,
+                               kl_direction="student")
 
     def kl_rows(p_logits, q_logits):  # KL(softmax(p) || softmax(q)), batch mean, written out
         p, q = F.softmax(p_logits, 1), F.softmax(q_logits, 1)
@@ -51,8 +53,8 @@ def test_darht_weights_and_loss():
 
     expect = F.cross_entropy(S, y) + w[0] * kl_rows(S, T) + w[1] * kl_rows(S.flip(1), T2)
     assert paper.item() == pytest.approx(expect.item(), rel=1e-6)
-    code = losses.darht_loss(s_adv=S, stf=stf.view(2, 2, 3), t_adv=[T, T2], y=y, ce=0.0, normalise=False,
-                             kl_direction="teacher")
+    code = losses.darht_loss(s_adv=S, stf=stf.view(2, 2, 3), t_adv=[T, T2], y=y, ce=0.0, kd=1.0,
+                             normalise=False, kl_direction="teacher")
     expect = torch.exp(-ce[0]) * kl_rows(T, S) + torch.exp(-ce[1]) * kl_rows(T2, S.flip(1))
     assert code.item() == pytest.approx(expect.item(), rel=1e-6)
 
@@ -125,7 +127,8 @@ def test_smaraad_losses_hand_computed():
     cs, ct = torch.rand(2, 3, 3), torch.rand(2, 3, 3)
     align = ((cs - ct) ** 2).flatten(1).mean(1)
     sm = -losses.soft_spearman(F.softmax(S, 1), F.softmax(T, 1), 10.0)
-    got = losses.smaraad_loss(s_nat=None, s_adv=S, t_nat=None, t_adv=T, cam_s_adv=cs, cam_t_adv=ct, gamma=10.0)
+    got = losses.smaraad_loss(s_nat=None, s_adv=S, t_nat=None, t_adv=T, cam_s_adv=cs, cam_t_adv=ct, c=2.0, alpha=1.0,
+                              gamma=10.0)
     assert got.item() == pytest.approx(2 + (sm + align).mean().item(), rel=1e-6)
     s_nat = S + 0.3
     g = F.softmax(T, 1)[torch.arange(2), y] ** 0.1
@@ -134,8 +137,8 @@ def test_smaraad_losses_hand_computed():
     rho = losses.soft_spearman(F.softmax(s_nat, 1), F.softmax(S, 1), 10.0)
     own = F.cross_entropy(s_nat, y, reduction="none")
     for term, sign in (("intent", -1), ("printed", 1)):
-        got = losses.smaraadpp_loss(s_nat=s_nat, s_adv=S, t_adv=T, y=y, cam_s_adv=cs, cam_t_adv=ct, gamma=10.0,
-                                    self_term=term)
+        got = losses.smaraadpp_loss(s_nat=s_nat, s_adv=S, t_adv=T, y=y, cam_s_adv=cs, cam_t_adv=ct, lam=0.1, gamma=10.0,
+                                    entropy_of="teacher", self_term=term)
         expect = (g * w * (sm + align) + (1 - g) * (sign * rho + own)).mean()
         assert got.item() == pytest.approx(expect.item(), rel=1e-6)
     assert w[1].item() == 0.0  # a uniform teacher gets weight 0
@@ -170,7 +173,7 @@ def test_darht_perturbs_half_the_batches_in_eval_mode(digits):
     student = STFStudent(build_model("smallcnn", 10, 1, 8), 2, 10)
     spy = ModeSpy(student).train()
     teachers = [build_model("smallcnn", 10, 1, 8).eval(), build_model("vit", 10, 1, 8).eval()]
-    m = get_method("darht")({}, AttackConfig(0.1, 0.1 * 0.003 / 0.031, 10), teachers, 10)
+    m = get_method("darht")({}, InnerMaxConfig(0.1, 0.1 * 0.003 / 0.031, 10), teachers, 10)
     x, y = digits.test.images(torch.arange(8)), digits.test.y[:8]
     adv = [m.perturb(spy, x, y) for _ in range(40)]
     n_adv = sum(a is not None for a in adv)
@@ -181,14 +184,14 @@ def test_darht_perturbs_half_the_batches_in_eval_mode(digits):
     loss, logits = m.loss(student, x, xa, y)
     assert loss.requires_grad and logits.shape == (8, 10)
     with pytest.raises(Exception, match="teacher"):
-        get_method("darht")({}, AttackConfig(0.1, 0.01, 10), [], 10)
+        get_method("darht")({}, InnerMaxConfig(0.1, 0.01, 10), [], 10)
 
 
 def test_agkd_bml_attacks_aim_at_the_confusing_class(digits):
     torch.manual_seed(0)
     teacher = build_model("smallcnn", 10, 1, 8).eval()
     student = build_model("smallcnn", 10, 1, 8)
-    m = get_method("agkd-bml")({}, AttackConfig(0.1, 0.025, 10), [teacher], 10)
+    m = get_method("agkd-bml")({}, InnerMaxConfig(0.1, 0.025, 10), [teacher], 10)
     m.prepare(student, digits.train, None, fresh=True)
     assert m.initialised_from_teacher
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
@@ -231,13 +234,13 @@ def test_one_epoch_on_digits_beats_chance(name, who, teachers, tmp_path):
     cfg = TrainConfig(method=name, dataset="digits", epochs=1, teachers=[teachers[w] for w in who])
     h = train(cfg, tmp_path / name, progress=False)
     assert h[-1]["clean_acc"] > 0.3, h[-1]
-    lm = load_model(str(tmp_path / name))  # the run directory reloads (DARHT: with its STF head)
+    lm = resolve_model(str(tmp_path / name))  # the run directory reloads (DARHT: with its STF head)
     if name == "darht":
         assert isinstance(lm.model, STFStudent) and lm.model.num_teachers == 2
 
 
 def test_knn_accuracy_hand_example():
-    from kdbench.evaluate.distill import knn_accuracy
+    from kdbench.evaluation.distill import knn_accuracy
 
     ref = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1]])
     ref_y = torch.tensor([0, 0, 1, 1, 1])
@@ -250,9 +253,9 @@ def test_knn_accuracy_hand_example():
 def test_distillation_metrics_of_a_model_against_itself(digits_teacher, digits):
     """Student = teacher: agreement 1, every adversarial example transfers, CAMs coincide and the
     transfer attack equals the white-box attack (same seed, same examples)."""
-    from kdbench.evaluate.distill import distillation_metrics
+    from kdbench.evaluation.distill import distillation_metrics
 
-    m = load_model(str(digits_teacher)).model
+    m = resolve_model(str(digits_teacher)).model
     x, y = digits.test.images(torch.arange(120)), digits.test.y[:120]
     d = distillation_metrics(m, [m], x, y, eps=0.1, train_x=digits.train.images(torch.arange(600)),
                              train_y=digits.train.y[:600], teacher_names=["self"])

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from kdbench.attacks.cw import cw_l0, cw_l2, cw_linf, l0_pixels
-from kdbench.evaluate import evaluate
-from kdbench.evaluate.metrics import robust_accuracy_at
+from kdbench.evaluation import evaluate
+from kdbench.evaluation.metrics import robust_accuracy_at
 
 
 class Lin2(nn.Module):
@@ -117,10 +117,10 @@ class Scaled(nn.Module):
 
 
 def test_saturated_logits_flagged_and_worst_case_unchanged(digits):
-    from kdbench.evaluate.cli import DEFAULT_WEIGHTS
-    from kdbench.models import load_model
+    from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+    from kdbench.specs import resolve_model
 
-    base = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    base = resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
     kw = dict(dataset=digits, n=100, attacks=["pgd", "cw-linf", "apgd-t"], device="cpu", eps=0.2, checks=False)
     plain = evaluate(base, **kw).to_dict()
     scaled = evaluate(Scaled(base, 10_000.0), **kw).to_dict()
@@ -132,20 +132,20 @@ def test_saturated_logits_flagged_and_worst_case_unchanged(digits):
 
 
 def test_probability_outputs_flagged(digits):
-    from kdbench.evaluate.cli import DEFAULT_WEIGHTS
-    from kdbench.models import load_model
+    from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+    from kdbench.specs import resolve_model
 
-    base = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    base = resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
     r = evaluate(nn.Sequential(base, nn.Softmax(1)), dataset=digits, n=50, attacks=["fgsm"], device="cpu",
                  checks=False).to_dict()
     assert "outputs_are_probabilities" in {f["name"] for f in r["validity"]["flags"]}
 
 
 def test_budget_checks_on_a_healthy_model(digits):
-    from kdbench.evaluate.cli import DEFAULT_WEIGHTS
-    from kdbench.models import load_model
+    from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+    from kdbench.specs import resolve_model
 
-    base = load_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
+    base = resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model
     r = evaluate(base, dataset=digits, n=60, attacks=["pgd"], device="cpu", checks_n=60).to_dict()
     bc = r["validity"]["budget_checks"]
     curve = list(bc["curve"].values())

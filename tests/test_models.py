@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from kdbench.errors import KdbenchError
-from kdbench.models import build_model, classifier_of, forward_all, load_model
+from kdbench.models import build_model, classifier_of, forward_all
+from kdbench.specs import resolve_model
 from kdbench.weights import load_state_dict, load_weights, save_weights
 
 CASES = [("smallcnn", 1, 8), ("smallcnn", 1, 28), ("cwnet", 1, 28), ("cwnet", 3, 32), ("resnet18", 3, 32),
@@ -106,21 +107,21 @@ def test_factory_specs(tmp_path):
                  "def make(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n"
                  "def broken():\n    raise ValueError('nope')\n"
                  "def notmodel():\n    return 3\n")
-    lm = load_model(f"{f}:make", num_classes=4, in_channels=1, input_size=8)
+    lm = resolve_model(f"{f}:make", num_classes=4, in_channels=1, input_size=8)
     assert lm.model(torch.rand(2, 1, 8, 8)).shape == (2, 4) and not lm.model.training
     with pytest.raises(KdbenchError, match="raised ValueError: nope"):
-        load_model(f"{f}:broken")
+        resolve_model(f"{f}:broken")
     with pytest.raises(KdbenchError, match="not a torch.nn.Module"):
-        load_model(f"{f}:notmodel")
+        resolve_model(f"{f}:notmodel")
     with pytest.raises(KdbenchError, match="no callable"):
-        load_model(f"{f}:missing")
-    lm = load_model("torch.nn:Identity")
+        resolve_model(f"{f}:missing")
+    lm = resolve_model("torch.nn:Identity")
     assert isinstance(lm.model, nn.Identity)
     with pytest.raises(KdbenchError, match="unknown model"):
-        load_model("nosuchnet", num_classes=10, in_channels=1, input_size=8)
+        resolve_model("nosuchnet", num_classes=10, in_channels=1, input_size=8)
 
 
 def test_run_dir_spec(digits_teacher):
-    lm = load_model(str(digits_teacher))
+    lm = resolve_model(str(digits_teacher))
     assert lm.arch == "smallcnn" and lm.weights.endswith("best.safetensors") and len(lm.weights_sha256) == 64
     assert lm.model(torch.rand(2, 1, 8, 8)).shape == (2, 10)

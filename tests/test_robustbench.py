@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kdbench.errors import KdbenchError
-from kdbench.models import load_model
+from kdbench.specs import resolve_model
 
 
 def test_robustbench_model_from_local_dir(tmp_path, monkeypatch):
@@ -19,7 +19,7 @@ def test_robustbench_model_from_local_dir(tmp_path, monkeypatch):
     d.mkdir(parents=True)
     torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, d / "Wong2020Fast.pt")
     monkeypatch.setenv("KDBENCH_ROBUSTBENCH_DIR", str(tmp_path))
-    lm = load_model("robustbench:Wong2020Fast")
+    lm = resolve_model("robustbench:Wong2020Fast")
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(lm.model(x), ref(x), atol=1e-5)
@@ -30,6 +30,6 @@ def test_robustbench_model_from_local_dir(tmp_path, monkeypatch):
 def test_robustbench_missing_checkpoint_is_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("KDBENCH_ROBUSTBENCH_DIR", str(tmp_path))
     with pytest.raises(KdbenchError, match=r"checkpoint not found: .*cifar10/Linf/Carmon2019Unlabeled\.pt"):
-        load_model("robustbench:Carmon2019Unlabeled")
+        resolve_model("robustbench:Carmon2019Unlabeled")
     with pytest.raises(KdbenchError, match="unknown RobustBench model"):
-        load_model("robustbench:NoSuchModel2099")
+        resolve_model("robustbench:NoSuchModel2099")

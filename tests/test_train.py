@@ -15,9 +15,9 @@ from conftest import ROOT, ModeSpy, run_cli
 from kdbench.attacks.pgd import pgd
 from kdbench.config import EvalConfig, TrainConfig
 from kdbench.errors import KdbenchError
-from kdbench.methods import AttackConfig, get_method
+from kdbench.methods import InnerMaxConfig, get_method
 from kdbench.models import build_model
-from kdbench.train.engine import lr_at, resolve_config, split_indices
+from kdbench.training.engine import lr_at, resolve_config, split_indices
 
 
 @pytest.mark.parametrize("method,n_adv_passes", [("pgd-at", 10), ("trades", 11)])
@@ -25,7 +25,7 @@ def test_inner_max_within_eps_box_and_eval_mode(digits, method, n_adv_passes):
     torch.manual_seed(0)
     student = ModeSpy(build_model("smallcnn", 10, 1, 8)).train()
     eps = 0.1
-    m = get_method(method)({}, AttackConfig(eps, 0.03, 10), [], 10)
+    m = get_method(method)({}, InnerMaxConfig(eps, 0.03, 10), [], 10)
     x, y = digits.test.images(torch.arange(32)), digits.test.y[:32]
     xa = m.perturb(student, x, y)
     assert (xa - x).abs().max() <= eps + 1e-6 and xa.min() >= 0 and xa.max() <= 1
@@ -105,7 +105,7 @@ def test_holdout_monitor_run_records_and_measures_held_out_images(digits, tmp_pa
     model's accuracy on exactly those images, and config.yaml names the split and its hash."""
     import yaml
     from kdbench.data import index_hash
-    from kdbench.models import load_model
+    from kdbench.specs import resolve_model
 
     out = tmp_path / "held"
     r = run_cli("train", "--method", "natural", "--dataset", "digits", "--epochs", 1, "--train-subset", 300,
@@ -116,7 +116,7 @@ def test_holdout_monitor_run_records_and_measures_held_out_images(digits, tmp_pa
     mon, pool = digits.holdout_indices(200)
     assert cfg["resolved"]["monitor"] == {"split": "holdout", "n": 200, "indices_sha256": index_hash(mon)}
     assert cfg["resolved"]["train_size"] == 300
-    model = load_model(str(out)).model
+    model = resolve_model(str(out)).model
     with torch.no_grad():
         correct = (model(digits.train.images(mon)).argmax(1) == digits.train.y[mon]).sum().item()
     hist = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])

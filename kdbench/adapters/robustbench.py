@@ -22,7 +22,7 @@ def model_dir() -> Path:
 
 
 def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf"):
-    from ..models import LoadedModel
+    """Returns (module in eval mode, full spec, checkpoint path, its sha256, class count)."""
     from ..weights import sha256_file
 
     parts = name.split("/")
@@ -63,7 +63,5 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
         raise KdbenchError(f"robustbench could not load {name}: {type(e).__name__}: {str(e)[:160]}") from None
     finally:
         rbu.torch.load = original
-    lm = LoadedModel(model.eval(), f"robustbench:{dataset}/{threat_model}/{name}", arch=name,
-                     weights=str(path), weights_sha256=sha256_file(path) if path.is_file() else None)
-    lm.info = {"num_classes": CLASSES[dataset]}
-    return lm
+    return (model.eval(), f"robustbench:{dataset}/{threat_model}/{name}", str(path),
+            sha256_file(path) if path.is_file() else None, CLASSES[dataset])

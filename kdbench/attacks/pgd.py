@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 @contextmanager
@@ -54,3 +55,10 @@ def pgd(x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor], eps:
         x_adv = x_adv.detach() + sign * step_size * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
     return x_adv.detach()
+
+
+def ce_pgd(student, x, y, attack, train_mode: bool, start: str, clip_start: bool, reduction="sum"):
+    """The student-CE inner maximisation shared by ARD, IAD, MTARD and DARHT."""
+    with mode(student, train=train_mode):
+        return pgd(x, lambda xa: F.cross_entropy(student(xa), y, reduction=reduction), attack.eps,
+                   attack.step_size, attack.steps, start=start, clip_start=clip_start)

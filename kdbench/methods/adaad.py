@@ -11,7 +11,7 @@ import torch
 
 from .. import losses
 from ..attacks.pgd import mode, pgd
-from . import METHODS, Method
+from .base import METHODS, Method
 from .iad import IAD
 
 
@@ -26,7 +26,7 @@ def adaptive_pgd(student, teacher, x, attack):
 class AdaAD(Method):
     name = "adaad"
     params = {"alpha": 1.0, "reduction": "mean"}
-    teachers = (1, 1)
+    num_teachers = (1, 1)
 
     def perturb(self, student, x, y):
         return adaptive_pgd(student, self.teacher_models[0], x, self.attack)

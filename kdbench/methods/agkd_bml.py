@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from .. import losses
 from ..attacks.pgd import mode, pgd
 from ..models import forward_all, unwrap
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("agkd-bml", "agkd")
 class AGKDBML(Method):
     name = "agkd-bml"
     params = {"smoothing": 0.5, "beta": 6.0, "lam1": 2.0, "margin": 0.03, "lam2": 1e-3, "init_from_teacher": True}
-    teachers = (1, 1)
+    num_teachers = (1, 1)
     select_metric = "clean"
 
     def prepare(self, student, train_set, augment, fresh):

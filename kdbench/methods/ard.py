@@ -7,18 +7,9 @@ the teacher sees clean x; the clean pass runs even at alpha = 1 (it updates BN s
 
 Deviation switch: ``released_lr_schedule: true`` reproduces the official lr, which decays only
 once (at the first milestone) because ``adjust_learning_rate`` scales a local copy."""
-import torch.nn.functional as F
-
 from .. import losses
-from ..attacks.pgd import mode, pgd
-from . import METHODS, Method
-
-
-def ce_pgd(student, x, y, attack, train_mode: bool, start: str, clip_start: bool, reduction="sum"):
-    """The student-CE inner maximisation shared by ARD, IAD, MTARD and DARHT."""
-    with mode(student, train=train_mode):
-        return pgd(x, lambda xa: F.cross_entropy(student(xa), y, reduction=reduction), attack.eps,
-                   attack.step_size, attack.steps, start=start, clip_start=clip_start)
+from ..attacks.pgd import ce_pgd
+from .base import METHODS, Method
 
 
 def single_decay(lr, base_lr, epoch, milestones, gamma):
@@ -30,7 +21,7 @@ def single_decay(lr, base_lr, epoch, milestones, gamma):
 class ARD(Method):
     name = "ard"
     params = {"alpha": 1.0, "tau": 30.0, "released_lr_schedule": False}
-    teachers = (1, 1)
+    num_teachers = (1, 1)
 
     def perturb(self, student, x, y):
         return ce_pgd(student, x, y, self.attack, train_mode=True, start="uniform", clip_start=False)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from .. import losses
 from ..models.stf import STFStudent
-from . import METHODS, Method
-from .ard import ce_pgd
+from .base import METHODS, Method
+from ..attacks.pgd import ce_pgd
 
 
 @METHODS.register("darht")
@@ -28,7 +28,7 @@ class DARHT(Method):
     name = "darht"
     params = {"samples": 4, "dropout": 0.1, "adv_prob": 0.5, "normalise_weights": True, "kl_direction": "student",
               "phases": None, "skip_ce": None, "teacher_train_mode": False}
-    teachers = (1, None)
+    num_teachers = (1, None)
     step_ratio = 0.003 / 0.031
 
     @classmethod

@@ -8,14 +8,14 @@ Soft labels are computed per batch from the frozen teacher; on un-augmented data
 sets) this equals the reference's labels computed once before training.  The reference's
 Keras time decay (lr / (1 + 1e-6 t)) is below 0.3 % over 50 epochs and is not reproduced."""
 from .. import losses
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("dd", "defensive-distillation")
 class DefensiveDistillation(Method):
     name = "dd"
     params = {"T": 100.0}
-    teachers = (0, 1)
+    num_teachers = (0, 1)
     select_metric = "clean"
 
     def loss(self, student, x, x_adv, y):

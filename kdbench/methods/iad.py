@@ -7,15 +7,16 @@ IAD-II (teachers: adversarial, then standard): both see x'; the adversarial teac
 weighted by w.  ``begin: null`` resolves to 30 % (IAD-I) / 20 % (IAD-II) of the epochs --
 the official 60 / 40 of 200; paper-scale configs set 60 / 40 explicitly."""
 from .. import losses
-from . import METHODS
-from .ard import ARD, ce_pgd
+from .base import METHODS
+from ..attacks.pgd import ce_pgd
+from .ard import ARD
 
 
 @METHODS.register("iad", "iad-i")
 class IAD(ARD):
     name = "iad"
     params = {"alpha": 1.0, "tau": 1.0, "beta": 0.1, "begin": None, "released_lr_schedule": False}
-    teachers = (1, 1)
+    num_teachers = (1, 1)
     begin_frac = 0.3
 
     def perturb(self, student, x, y):
@@ -43,7 +44,7 @@ class IAD2(IAD):
     name = "iad-ii"
     params = {"alpha1": 0.5, "alpha2": 0.25, "tau": 1.0, "beta": 0.1, "begin": None,
               "released_lr_schedule": False}
-    teachers = (2, 2)
+    num_teachers = (2, 2)
     begin_frac = 0.2
 
     def loss(self, student, x, x_adv, y):

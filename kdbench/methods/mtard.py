@@ -7,15 +7,15 @@ Adaptive weights: L0 recorded on the very first batch; at every step, before the
 pass, w_nat <- w_nat - eta (w_nat - r_nat / (r_adv + r_nat)), r = (L / L0) ** beta, and the
 loss uses the updated weights.  eta decays by the lr's factor (x0.1 with each lr decay)."""
 from .. import losses
-from . import METHODS, Method
-from .ard import ce_pgd
+from .base import METHODS, Method
+from ..attacks.pgd import ce_pgd
 
 
 @METHODS.register("mtard")
 class MTARD(Method):
     name = "mtard"
     params = {"eta": 0.025, "beta": 1.0, "kl_scale": 1.0, "w_nat": 0.5}
-    teachers = (2, 2)
+    num_teachers = (2, 2)
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)

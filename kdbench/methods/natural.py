@@ -1,6 +1,6 @@
 """Standard (natural) training: mean CE on clean inputs."""
 from .. import losses
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("natural", "standard")

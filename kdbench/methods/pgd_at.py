@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from .. import losses
 from ..attacks.pgd import mode, pgd
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("pgd-at", "pgdat", "madry")

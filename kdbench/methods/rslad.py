@@ -11,14 +11,14 @@ import torch
 
 from .. import losses
 from ..attacks.pgd import mode, pgd
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("rslad")
 class RSLAD(Method):
     name = "rslad"
     params = {"alpha": 5 / 6, "kl_scale": 1.0, "fp16_teacher": False}
-    teachers = (1, 1)
+    num_teachers = (1, 1)
 
     def teacher(self, i, x):
         if self.p["fp16_teacher"]:

@@ -24,11 +24,11 @@ import torch
 from .. import losses
 from ..attacks.pgd import mode, pgd
 from ..models.cam import cam_pair
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 class _Smara(Method):
-    teachers = (1, 1)
+    num_teachers = (1, 1)
 
     def cams(self, student, x, y):
         return cam_pair(student, self.teacher_models[0], x, y, self.p["cam_class"], self.p["cam_norm"])

@@ -11,14 +11,14 @@ Deviation switch: ``released_lr_rule: true`` reproduces TAKD's released learning
 (0.01 until 75 % of the epochs, then 0.001: its 0.1 phase never runs)."""
 from .. import losses
 from ..errors import KdbenchError
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("takd", "ta")
 class TAKD(Method):
     name = "takd"
     params = {"loss": "dd", "T": 20.0, "lam": 0.5, "released_lr_rule": False}
-    teachers = (1, 1)
+    num_teachers = (1, 1)
     select_metric = "clean"
 
     def __init__(self, *a, **k):

@@ -9,7 +9,7 @@ import torch
 
 from .. import losses
 from ..attacks.pgd import mode, pgd
-from . import METHODS, Method
+from .base import METHODS, Method
 
 
 @METHODS.register("trades")

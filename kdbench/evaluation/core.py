@@ -24,11 +24,11 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..version import __version__
 from ..data import Dataset, get_dataset, index_hash
 from ..device import resolve_device
 from ..errors import KdbenchError
-from ..train import distributed as ddist
+from .. import distributed as ddist
 from . import metrics
 from .attacks import Attack, build_attack, suite as suite_specs, within_budget
 

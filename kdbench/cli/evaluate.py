@@ -59,10 +59,10 @@ def split_attacks(text: str):
 
 def cmd_evaluate(args) -> int:
     from ..data import get_dataset
-    from ..models import is_run_dir, load_model
-    from ..train.rundir import read_run_config
-    from .core import evaluate
-    from .store import ResultStore
+    from ..evaluation.core import evaluate
+    from ..evaluation.store import ResultStore
+    from ..rundir import is_run_dir, read_run_config
+    from ..specs import resolve_model
 
     model_spec, weights, dataset = args.model, args.weights, args.dataset
     if model_spec is None:
@@ -80,7 +80,7 @@ def cmd_evaluate(args) -> int:
         raise KdbenchError(f"--batch-size must be positive, got {args.batch_size}")
     ds = get_dataset(dataset, args.data_dir)
     info = ds.info
-    lm = load_model(model_spec, info.num_classes, info.in_channels, info.input_size, weights=weights)
+    lm = resolve_model(model_spec, info.num_classes, info.in_channels, info.input_size, weights=weights)
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.exists():
         raise KdbenchError(f"--out directory does not exist: {out.parent}")
@@ -89,7 +89,7 @@ def cmd_evaluate(args) -> int:
         teacher_specs = read_run_config(model_spec).get("teachers") or None
     teachers = []
     for spec in (teacher_specs or []) if not args.no_teachers else []:
-        teachers.append(load_model(spec, info.num_classes, info.in_channels, info.input_size).model)
+        teachers.append(resolve_model(spec, info.num_classes, info.in_channels, info.input_size).model)
     if args.tsne and not teachers:
         raise KdbenchError("--tsne needs a teacher (--teacher SPEC, or a run directory with teachers)")
     if args.tsne and not Path(args.tsne).parent.exists():

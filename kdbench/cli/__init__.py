@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import KdbenchError
+from ..errors import KdbenchError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,8 +49,8 @@ def _add_train(sub):
 def cmd_train(args) -> int:
     import yaml
 
-    from .config import TrainConfig, load_config, merge
-    from .train.engine import train
+    from ..config import TrainConfig, load_config, merge
+    from ..training.engine import train
 
     cfg = load_config(args.config) if args.config else TrainConfig()
     over = {"method": args.method, "dataset": args.dataset, "model": args.model, "teachers": args.teachers,
@@ -68,7 +68,7 @@ def cmd_train(args) -> int:
         raise KdbenchError("--method is required (or --config)")
     cfg = merge(cfg, over)
     if args.chain is not None:
-        from .train.chain import train_chain
+        from ..training.chain import train_chain
 
         if cfg.method not in ("takd", "ta"):
             raise KdbenchError("--chain builds teacher-assistant chains: use --method takd")
@@ -95,9 +95,9 @@ def _add_list(sub):
 
 
 def cmd_list(args) -> int:
-    from .data import DATASETS
-    from .methods import METHODS
-    from .models import MODELS
+    from ..data import DATASETS
+    from ..methods import METHODS
+    from ..models import MODELS
 
     for name, reg in (("datasets", DATASETS), ("models", MODELS), ("methods", METHODS)):
         if args.what in (name, "all"):
@@ -114,7 +114,7 @@ def _add_plot(sub):
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot
+    from ..plots import plot
 
     for path in plot(args.results, args.out, args.label):
         print(path)
@@ -143,8 +143,8 @@ def cmd_leaderboard(args) -> int:
     import json
     from pathlib import Path
 
-    from . import leaderboard as lb
-    from .evaluate.store import ResultStore
+    from .. import leaderboard as lb
+    from ..evaluation.store import ResultStore
 
     if not Path(args.db).is_file():
         raise KdbenchError(f"results store not found: {args.db} (kdbench evaluate --db writes it)")
@@ -188,7 +188,7 @@ def _add_check(sub):
 
 
 def cmd_check(args) -> int:
-    from .check import check
+    from ..check import check
 
     if not 0 < args.alpha < 1:
         raise KdbenchError(f"--alpha must lie in (0, 1), got {args.alpha}")
@@ -199,7 +199,7 @@ def cmd_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ..version import __version__
 
     parser = _Parser(prog="kdbench", description="Benchmark adversarial knowledge distillation.")
     parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_leaderboard(sub)
     _add_check(sub)
     try:
-        from .evaluate.cli import add_evaluate
+        from .evaluate import add_evaluate
     except ImportError:  # pragma: no cover - evaluate not installed
         add_evaluate = None
     if add_evaluate:

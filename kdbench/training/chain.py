@@ -14,15 +14,8 @@ from typing import List, Optional
 
 from ..config import TrainConfig, merge
 from ..errors import KdbenchError
+from ..rundir import link_names
 from .engine import train
-
-
-def link_names(links: int) -> List[str]:
-    if links == 1:
-        return ["student"]
-    if links == 2:
-        return ["assistant", "student"]
-    return [f"step-{i}" for i in range(1, links)] + ["student"]
 
 
 def train_chain(cfg: TrainConfig, out, links: int, models: Optional[List[str]] = None, resume: bool = False,

@@ -20,17 +20,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import __version__
+from ..version import __version__
 from ..attacks.pgd import mode, pgd
 from ..config import DATASET_DEFAULTS, TrainConfig, config_from_dict, merge
 from ..data import Dataset, ImageSet, epoch_generator, get_dataset, index_hash, iterate, shard_indices
 from ..device import resolve_device
 from ..errors import KdbenchError
-from ..methods import AttackConfig, get_method
-from ..models import build_model, load_model, unwrap
+from ..methods import InnerMaxConfig, get_method
+from ..models import build_model, unwrap
+from ..specs import resolve_model
 from ..weights import atomic_write, save_weights
-from . import distributed as ddist
-from . import rundir
+from .. import distributed as ddist
+from .. import rundir
 
 
 def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
@@ -98,7 +99,7 @@ def load_teachers(specs: List[str], dataset: Dataset, device, data_dir=None) -> 
     info = dataset.info
     probe = dataset.test.images(torch.arange(min(2, len(dataset.test)))).to(device)
     for spec in specs:
-        lm = load_model(spec, info.num_classes, info.in_channels, info.input_size)
+        lm = resolve_model(spec, info.num_classes, info.in_channels, info.input_size)
         t = lm.model.to(device).eval()
         for p in t.parameters():
             p.requires_grad_(False)
@@ -240,7 +241,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     student = build_model(cfg.model, info.num_classes, info.in_channels, info.input_size, **cfg.model_kwargs)
     student = method_cls.build_student(student, dict(cfg.method_params), len(teachers), info.num_classes)
     if cfg.init_from:
-        from ..models import is_run_dir
+        from ..rundir import is_run_dir
         from ..weights import load_weights
 
         src = rundir.run_weights(cfg.init_from) if is_run_dir(cfg.init_from) else cfg.init_from
@@ -248,7 +249,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     student = student.to(device)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
-    attack = AttackConfig(cfg.attack.eps, cfg.attack.step_size, cfg.attack.steps)
+    attack = InnerMaxConfig(cfg.attack.eps, cfg.attack.step_size, cfg.attack.steps)
     method = method_cls(dict(cfg.method_params), attack, teachers, info.num_classes)
     augment = info.augment if cfg.augment is not False else None
     method.prepare(student, train_set, augment, fresh=not cfg.init_from and not (resume and state_path.exists()))

@@ -1,4 +1,6 @@
-"""Run directories: ``config.yaml`` (resolved config), ``model.safetensors`` (last weights),
+"""Run-directory layout (files only: no model is built here; :mod:`kdbench.specs` does that).
+
+Run directories: ``config.yaml`` (resolved config), ``model.safetensors`` (last weights),
 ``best.safetensors`` (best by the selection metric), ``metrics.jsonl`` (history) and
 ``state.pt`` (the resume point: weights, optimizer, RNG; written atomically each epoch and
 loaded with ``weights_only=True``)."""
@@ -6,14 +8,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List
 
 import yaml
 
-from ..errors import KdbenchError
-from ..weights import atomic_write
+from .errors import KdbenchError
+from .weights import atomic_write
 
 CONFIG, LAST, BEST, METRICS, STATE = "config.yaml", "model.safetensors", "best.safetensors", "metrics.jsonl", "state.pt"
+
+
+def is_run_dir(spec) -> bool:
+    return Path(spec).is_dir() and (Path(spec) / CONFIG).is_file()
+
+
+def link_names(links: int) -> List[str]:
+    """The run directories of a teacher-assistant chain of ``links`` links, in order."""
+    if links == 1:
+        return ["student"]
+    if links == 2:
+        return ["assistant", "student"]
+    return [f"step-{i}" for i in range(1, links)] + ["student"]
 
 
 def read_run_config(run_dir) -> dict:
@@ -35,28 +50,6 @@ def run_weights(run_dir, prefer_best: bool = True) -> Path:
     raise KdbenchError(f"{d}: run directory has no weights yet ({BEST} or {LAST})")
 
 
-def load_run_model(run_dir, weights: Optional[str] = None):
-    """Rebuild a run's model from its config and load its best (else last) weights."""
-    from ..models import LoadedModel, build_model, unwrap
-    from ..weights import load_weights
-
-    cfg = read_run_config(run_dir)
-    info = cfg["dataset_info"]
-    model = build_model(cfg["model"], info["num_classes"], info["in_channels"], info["input_size"],
-                        **(cfg.get("model_kwargs") or {}))
-    if cfg.get("method"):
-        from ..methods import get_method
-
-        model = get_method(cfg["method"]).build_student(model, cfg.get("method_params") or {},
-                                                        len(cfg.get("teachers") or []), info["num_classes"])
-    path = Path(weights) if weights else run_weights(run_dir)
-    sha = load_weights(unwrap(model), path)
-    lm = LoadedModel(model, str(run_dir), arch=cfg["model"], weights=str(path), weights_sha256=sha, info=info)
-    lm.run_config = cfg
-    lm.run = run_summary(run_dir, cfg)
-    return lm
-
-
 def run_summary(run_dir, cfg: dict) -> dict:
     """What a leaderboard needs to know about how a model was trained (carried into results)."""
     import hashlib
@@ -71,8 +64,6 @@ def run_summary(run_dir, cfg: dict) -> dict:
     if chain.get("root"):  # a teacher-assistant chain: named after its root, costed with the links before it
         root = Path(chain["root"]).name
         name = root if chain.get("role") == "student" else f"{root}/{chain.get('role')}"
-        from .chain import link_names
-
         for prev in link_names(int(chain.get("links", 1)))[:int(chain.get("index", 1)) - 1]:
             link = Path(run_dir).resolve().parent / prev / METRICS
             if link.is_file():
