@@ -82,7 +82,7 @@ def main():
     print(f"standard suite, {a.aa_n} points: every attack on every point {t_all:.2f}s, cascade {t_cas:.2f}s, "
           f"speed-up {t_all / t_cas:.2f}x")
 
-    from kdbench.evaluation.attacks import suite
+    from kdbench.attacks.suites import suite
 
     kw = dict(eps=eps, batch_size=a.batch, seed=0, device="cpu", checks=False, sensitivity=False)
     ref_specs = [s if s != "autoattack" else "autoattack:composed=false" for s in suite("standard")]

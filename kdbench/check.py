@@ -24,12 +24,19 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .errors import KdbenchError
+from .evaluation.result import EvalResult
 
-LEADERBOARD_METRIC = {"worst_case": "worst_case", "clean": "clean", "pgd": "pgd20", "fgsm": "fgsm",
-                      "cw-linf": "cw_inf", "autoattack": "autoattack"}
+def leaderboard_column(metric: str) -> Optional[str]:
+    """The leaderboard CSV column of a metric (attacks: their registry entry's ``column``)."""
+    if metric in ("worst_case", "clean"):
+        return metric
+    from .attacks.registry import entry_of
+
+    e = entry_of(metric)
+    return e.column if e is not None and metric == e.name else None
 
 
-def _load_json(path) -> dict:
+def _load_json(path) -> EvalResult:
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
@@ -38,45 +45,42 @@ def _load_json(path) -> dict:
         raise KdbenchError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict) or "clean_accuracy" not in data or "attacks" not in data:
         raise KdbenchError(f"{path}: not a kdbench result JSON (kdbench evaluate --out)")
-    return data
+    try:
+        return EvalResult.from_dict(data)
+    except (TypeError, KeyError, AttributeError) as e:
+        raise KdbenchError(f"{path}: not a kdbench result JSON ({type(e).__name__}: {str(e)[:80]})") from None
 
 
-def metric_of(result: dict, metric: str) -> Tuple[float, int, Optional[List[bool]]]:
-    """(accuracy, n, per-sample outcomes or None) of ``metric`` in a result JSON."""
-    n = result["n"]
-    ps = result.get("per_sample", {})
+def metric_of(result, metric: str) -> Tuple[float, int, Optional[List[bool]]]:
+    """(accuracy, n, per-sample outcomes or None) of ``metric`` in a result."""
+    result = EvalResult.coerce(result)
+    n = result.n
     if metric == "clean":
-        return result["clean_accuracy"], n, ps.get("correct_clean")
+        return result.clean_accuracy, n, result.per_sample.correct_clean
     if metric == "worst_case":
-        robust = ps.get("robust", {})
-        attacks = result["worst_case"]["attacks"]
-        flags = [all(v) for v in zip(*(robust[a] for a in attacks))] if all(a in robust for a in attacks) else None
-        return result["worst_case"]["robust_accuracy"], n, flags
-    if metric not in result["attacks"]:
+        return result.worst_case.robust_accuracy, n, result.worst_case_flags()
+    if metric not in result.attacks:
         raise KdbenchError(f"metric {metric!r} is not in the result; it has clean, worst_case, "
-                           f"{', '.join(result['attacks'])}")
-    return result["attacks"][metric]["robust_accuracy"], n, ps.get("robust", {}).get(metric)
+                           f"{', '.join(result.attacks)}")
+    return result.attacks[metric].robust_accuracy, n, result.per_sample.robust.get(metric)
 
 
-def _same_points(a: dict, b: dict) -> bool:
-    da, db = a.get("provenance", {}).get("dataset", {}), b.get("provenance", {}).get("dataset", {})
-    ha = da.get("subset_hash") or da.get("data_hash")
-    hb = db.get("subset_hash") or db.get("data_hash")
-    return (ha is not None and ha == hb and a["n"] == b["n"]
-            and a.get("per_sample", {}).get("labels") == b.get("per_sample", {}).get("labels"))
+def _same_points(a: EvalResult, b: EvalResult) -> bool:
+    ha, hb = a.provenance.dataset.points_hash, b.provenance.dataset.points_hash
+    return ha is not None and ha == hb and a.n == b.n and a.per_sample.labels == b.per_sample.labels
 
 
-def paired_outcomes(base: dict, result: dict, flags0, flags1):
+def paired_outcomes(base, result, flags0, flags1):
     """Per-sample outcomes of both results on the points they share, or None: the same points
     (same subset hash and labels), or -- when both record their test-set indices -- the
     intersection of their subsets (e.g. a CI re-evaluation of 200 of a board's 1 000 points)."""
     if flags0 is None or flags1 is None:
         return None
+    base, result = EvalResult.coerce(base), EvalResult.coerce(result)
     if _same_points(base, result):
         return list(flags0), list(flags1), len(flags0)
-    i0, i1 = base.get("per_sample", {}).get("index"), result.get("per_sample", {}).get("index")
-    d0 = base.get("provenance", {}).get("dataset", {}).get("name")
-    d1 = result.get("provenance", {}).get("dataset", {}).get("name")
+    i0, i1 = base.per_sample.index, result.per_sample.index
+    d0, d1 = base.provenance.dataset.name, result.provenance.dataset.name
     if not i0 or not i1 or d0 != d1:
         return None
     pos0 = {i: k for k, i in enumerate(i0)}
@@ -121,13 +125,13 @@ def parse_tolerance(text: str) -> Optional[float]:
     return v
 
 
-def _baseline_row(rows: List[dict], result: dict, row: Optional[str]) -> dict:
+def _baseline_row(rows: List[dict], result: EvalResult, row: Optional[str]) -> dict:
     if row:
         hit = [r for r in rows if r["name"] == row]
         if not hit:
             raise KdbenchError(f"leaderboard has no row {row!r}; rows: {', '.join(r['name'] for r in rows)}")
         return hit[0]
-    sha = result.get("provenance", {}).get("model", {}).get("weights_sha256")
+    sha = result.provenance.model.weights_sha256 if result.provenance.model else None
     hit = [r for r in rows if sha and r.get("sha256") == sha]
     if not hit:
         from .leaderboard import row_name
@@ -145,19 +149,19 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
     tol = parse_tolerance(tolerance)
     result = _load_json(result_path)
     acc1, n1, flags1 = metric_of(result, metric)
-    new_flags = {f["name"] for f in result.get("validity", {}).get("flags", [])}
+    new_flags = result.validity.names
     bpath = Path(baseline_path)
     if bpath.suffix.lower() == ".csv":
         from .leaderboard import read_csv
 
         brow = _baseline_row(read_csv(bpath), result, row)
-        col = LEADERBOARD_METRIC.get(metric)
+        col = leaderboard_column(metric)
         if col is None or brow.get(col) in (None, ""):
             raise KdbenchError(f"the leaderboard row {brow['name']!r} has no {metric!r} column value")
-        if brow.get("threat") != result["config"]["norm"] or not math.isclose(
-                float(brow["eps"]), result["config"]["eps"], rel_tol=1e-6):
+        if brow.get("threat") != result.config.norm or not math.isclose(
+                float(brow["eps"]), result.config.eps, rel_tol=1e-6):
             raise KdbenchError(f"row {brow['name']!r} is {brow.get('threat')} eps {brow['eps']} but the result is "
-                               f"{result['config']['norm']} eps {result['config']['eps']}: not comparable")
+                               f"{result.config.norm} eps {result.config.eps}: not comparable")
         acc0, n0, flags0 = float(brow[col]), int(brow["n"]), None
         old_flags = {f for f in (brow.get("flags") or "").split(";") if f}
         where = f"{bpath} row {brow['name']!r}"
@@ -165,7 +169,7 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
     else:
         base = _load_json(bpath)
         acc0, n0, flags0 = metric_of(base, metric)
-        old_flags = {f["name"] for f in base.get("validity", {}).get("flags", [])}
+        old_flags = base.validity.names
         where = str(bpath)
         paired = paired_outcomes(base, result, flags0, flags1)
     mismatch = _threat_mismatch(result, bpath)
@@ -203,11 +207,12 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
     return regressed, "\n".join(lines)
 
 
-def _threat_mismatch(result: dict, bpath: Path) -> Optional[str]:
+def _threat_mismatch(result: EvalResult, bpath: Path) -> Optional[str]:
     if bpath.suffix.lower() == ".csv":
         return None
     base = _load_json(bpath)
     for k in ("norm", "eps"):
-        if base["config"][k] != result["config"][k]:
-            return f"baseline and result differ in {k} ({base['config'][k]} vs {result['config'][k]}): not comparable"
+        if getattr(base.config, k) != getattr(result.config, k):
+            return (f"baseline and result differ in {k} ({getattr(base.config, k)} vs {getattr(result.config, k)}): "
+                    "not comparable")
     return None

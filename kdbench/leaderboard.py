@@ -1,7 +1,9 @@
 """``kdbench leaderboard``: standardized tables from the results store (CSV, markdown, JSON).
 
-Rows are models grouped by *run name* (a run directory's name without a trailing ``-sN`` seed
-suffix; the model spec otherwise), dataset, threat model and eps.  For each row the *primary*
+Rows are models grouped by *run name* (the row a run directory records, its name less the seed;
+the model spec otherwise), dataset, threat model and eps.  Results are read as typed
+:class:`~kdbench.evaluation.result.EvalResult` records (JSON mappings are accepted and read the
+same way).  For each row the *primary*
 result is the one with the most attacks (ties: the lowest training seed, then the newest):
 its clean, FGSM, PGD-20, CW-inf and AutoAttack accuracies with 95 % Wilson intervals, W-Robust
 = (clean + AutoAttack-or-worst-case) / 2 (seed 001), validity flags and provenance.  Over the
@@ -17,36 +19,36 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import yaml
 
 from .errors import KdbenchError
-from .evaluation.attacks import SUITES
+from .attacks.registry import entries
+from .attacks.suites import SUITES
 from .evaluation.metrics import wilson
+from .evaluation.result import EvalResult
 
-ATTACK_COLUMNS = [("fgsm", "fgsm"), ("pgd20", "pgd"), ("cw_inf", "cw-linf"), ("autoattack", "autoattack")]
+ATTACK_COLUMNS = [(e.column, e.name) for e in entries() if e.column]  # (column, attack): fgsm, pgd20, cw_inf, autoattack
 QUICK = SUITES["quick"]
-_SEED = re.compile(r"-s(\d+)$")
 
 
-def row_name(result: dict) -> str:
-    model = result.get("provenance", {}).get("model", {})
-    run = model.get("run") or {}
-    name = run.get("name") or model.get("spec") or "model"
-    return _SEED.sub("", name)
+def row_name(result) -> str:
+    """The leaderboard row of a result: its run's recorded row, else the model spec."""
+    r = EvalResult.coerce(result)
+    if r.run is not None:
+        return r.run.row_name
+    return (r.provenance.model.spec if r.provenance.model else None) or "model"
 
 
-def _seed(result: dict) -> int:
-    run = result.get("provenance", {}).get("model", {}).get("run") or {}
-    return int(run.get("seed") or 0)
+def _seed(result: EvalResult) -> int:
+    return int(result.run.seed or 0) if result.run is not None else 0
 
 
-def _keep(result: dict, points: Optional[set]) -> Optional[List[bool]]:
+def _keep(result: EvalResult, points: Optional[set]) -> Optional[List[bool]]:
     """Which of the result's per-sample entries are test points in ``points`` (None: all of them)."""
-    index = result.get("per_sample", {}).get("index")
+    index = result.per_sample.index
     return None if points is None or index is None else [i in points for i in index]
 
 
@@ -56,16 +58,17 @@ def _mean(flags, keep) -> Optional[float]:
     return sum(flags) / len(flags) if flags else None
 
 
-def quick_worst(result: dict, points: Optional[set] = None) -> Optional[float]:
+def quick_worst(result, points: Optional[set] = None) -> Optional[float]:
     """Per-sample AND over the quick suite's attacks (None if the result lacks one of them), on
     the test points in ``points`` where given."""
-    robust = result.get("per_sample", {}).get("robust", {})
+    result = EvalResult.coerce(result)
+    robust = result.per_sample.robust
     if not all(a in robust for a in QUICK):
         return None
     return _mean([all(v) for v in zip(*(robust[a] for a in QUICK))], _keep(result, points))
 
 
-def common_points(results: List[dict]) -> Optional[set]:
+def common_points(results: List[EvalResult]) -> Optional[set]:
     """The test indices every result evaluated (None when a result lacks per-sample indices).
 
     Seeds evaluated on different numbers of points (the board: 1 000 for seed 0, fewer for the
@@ -73,7 +76,7 @@ def common_points(results: List[dict]) -> Optional[set]:
     spread over seeds is the training seed's, not the test sample's."""
     sets = []
     for r in results:
-        index = r.get("per_sample", {}).get("index")
+        index = r.per_sample.index
         if index is None:
             return None
         sets.append(set(index))
@@ -104,37 +107,37 @@ def mann_whitney(a: List[float], b: List[float]) -> Optional[dict]:
     return {"U": float(r.statistic), "p": float(r.pvalue)}
 
 
-def _acc(result: dict, attack: str):
-    a = result.get("attacks", {}).get(attack)
+def _acc(result: EvalResult, attack: str):
+    a = result.attacks.get(attack)
     if a is None:
         return None, None
-    return a["robust_accuracy"], a["ci95"]
+    return a.robust_accuracy, a.ci95
 
 
-def build_rows(results: List[dict], dataset: Optional[str] = None, threat: Optional[str] = None,
+def build_rows(results, dataset: Optional[str] = None, threat: Optional[str] = None,
                eps: Optional[float] = None, method: Optional[str] = None) -> List[dict]:
-    groups: Dict[tuple, List[dict]] = {}
-    for r in results:
-        prov = r.get("provenance", {})
-        ds = prov.get("dataset", {}).get("name")
-        norm, e = r["config"]["norm"], r["config"]["eps"]
-        run = prov.get("model", {}).get("run") or {}
+    """Leaderboard rows (CSV-ready dictionaries) from results (EvalResults or their JSON)."""
+    groups: Dict[tuple, List[EvalResult]] = {}
+    for r in map(EvalResult.coerce, results):
+        ds = r.provenance.dataset.name
+        norm, e = r.config.norm, r.config.eps
+        run_method = (r.run.method if r.run else None) or ""
         if dataset and ds != dataset or threat and norm.lower() != threat.lower():
             continue
         if eps is not None and not math.isclose(e, eps, rel_tol=1e-6):
             continue
-        if method and method not in (run.get("method") or "") and method not in row_name(r):
+        if method and method not in run_method and method not in row_name(r):
             continue
         groups.setdefault((row_name(r), ds, norm, round(e, 8)), []).append(r)
     rows = []
     for (name, ds, norm, e), rs in groups.items():
-        by_seed: Dict[int, dict] = {}
+        by_seed: Dict[int, EvalResult] = {}
         for r in rs:  # per seed: the largest suite, then the newest
             s = _seed(r)
             cur = by_seed.get(s)
-            if cur is None or len(r["attacks"]) >= len(cur["attacks"]):
+            if cur is None or len(r.attacks) >= len(cur.attacks):
                 by_seed[s] = r
-        primary = max(by_seed.values(), key=lambda r: (len(r["attacks"]), -_seed(r)))
+        primary = max(by_seed.values(), key=lambda r: (len(r.attacks), -_seed(r)))
         rows.append(_row(name, ds, norm, e, primary, [by_seed[s] for s in sorted(by_seed)]))
     rows.sort(key=lambda r: -(r["autoattack"] if r["autoattack"] is not None else r["worst_case"]))
     for i, row in enumerate(rows):
@@ -147,37 +150,38 @@ def build_rows(results: List[dict], dataset: Optional[str] = None, threat: Optio
     return rows
 
 
-def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
-    prov = primary.get("provenance", {})
-    model = prov.get("model", {})
-    run = model.get("run") or {}
-    clean = primary["clean_accuracy"]
-    arch = model.get("arch") or model.get("spec")
-    if run.get("model_kwargs"):
-        arch += "(" + ",".join(f"{k}={v}" for k, v in sorted(run["model_kwargs"].items())) + ")"
-    row = {"rank": 0, "name": name, "method": run.get("method") or "", "student": arch,
-           "teachers": ";".join(run.get("teachers") or []), "dataset": ds, "threat": norm, "eps": eps,
-           "n": primary["n"], "seeds": len(seeds), "clean": clean, "clean_ci95": _ci(primary["clean_ci95"])}
+def _row(name, ds, norm, eps, primary: EvalResult, seeds: List[EvalResult]) -> dict:
+    prov = primary.provenance
+    from .evaluation.result import ModelProvenance, RunInfo
+
+    model = prov.model or ModelProvenance()
+    run = model.run
+    clean = primary.clean_accuracy
+    arch = model.arch or model.spec
+    if run is not None and run.model_kwargs:
+        arch += "(" + ",".join(f"{k}={v}" for k, v in sorted(run.model_kwargs.items())) + ")"
+    row = {"rank": 0, "name": name, "method": (run.method if run else None) or "", "student": arch,
+           "teachers": ";".join((run.teachers if run else None) or []), "dataset": ds, "threat": norm, "eps": eps,
+           "n": primary.n, "seeds": len(seeds), "clean": clean, "clean_ci95": _ci(primary.clean_ci95)}
     for col, attack in ATTACK_COLUMNS:
         acc, ci = _acc(primary, attack)
         row[col], row[f"{col}_ci95"] = acc, _ci(ci)
-    w = primary["worst_case"]
-    row["worst_case"], row["worst_case_ci95"] = w["robust_accuracy"], _ci(w["ci95"])
-    row["worst_case_attacks"] = "+".join(w["attacks"])
+    w = primary.worst_case
+    row["worst_case"], row["worst_case_ci95"] = w.robust_accuracy, _ci(w.ci95)
+    row["worst_case_attacks"] = "+".join(w.attacks)
     headline = row["autoattack"] if row["autoattack"] is not None else row["worst_case"]
     row["w_robust"] = (clean + headline) / 2
     points = common_points(seeds) if len(seeds) > 1 else None
-    row["seed_points"] = len(points) if points is not None else min(r["n"] for r in seeds)
+    row["seed_points"] = len(points) if points is not None else min(r.n for r in seeds)
 
-    def on_points(r, per_sample_key, attack=None):
-        ps = r.get("per_sample", {})
-        flags = ps.get(per_sample_key) if attack is None else ps.get(per_sample_key, {}).get(attack)
+    def on_points(r: EvalResult, attack=None):
+        flags = r.per_sample.correct_clean if attack is None else r.per_sample.robust.get(attack)
         if flags is None:  # a result without per-sample outcomes: its aggregate
-            return r["clean_accuracy"] if attack is None else _acc(r, attack)[0]
+            return r.clean_accuracy if attack is None else _acc(r, attack)[0]
         return _mean(flags, _keep(r, points))
 
-    for key, fn in (("clean", lambda r: on_points(r, "correct_clean")),
-                    ("pgd20", lambda r: on_points(r, "robust", "pgd")),
+    for key, fn in (("clean", lambda r: on_points(r)),
+                    ("pgd20", lambda r: on_points(r, "pgd")),
                     ("quick_worst", lambda r: quick_worst(r, points))):
         vals = [v for v in (fn(r) for r in seeds) if v is not None]
         if vals:
@@ -188,16 +192,17 @@ def _row(name, ds, norm, eps, primary: dict, seeds: List[dict]) -> dict:
         else:
             row[f"{key}_seed_mean"] = row[f"{key}_seed_sd"] = row[f"{key}_seed_ci95"] = None
     row["_quick_values"] = [v for v in (quick_worst(r, points) for r in seeds) if v is not None]
-    row["flags"] = ";".join(sorted({f["name"] for f in primary.get("validity", {}).get("flags", [])}))
-    row.update({"epochs": run.get("epochs_done"), "train_images": run.get("train_size"),
-                "student_forward_images": run.get("student_forward_images"),
-                "teacher_forward_images": run.get("teacher_forward_images"),
-                "train_hours": None if not run else round(run.get("train_seconds", 0.0) / 3600, 4),
-                "train_device": run.get("device"), "eval_device": prov.get("device"),
-                "commit": prov.get("git_commit"), "config_sha256": run.get("config_sha256"),
-                "checkpoint": model.get("weights"), "sha256": model.get("weights_sha256"),
-                "eval_seed": prov.get("seed"), "subset_hash": prov.get("dataset", {}).get("subset_hash"),
-                "result_key": prov.get("key")})
+    row["flags"] = ";".join(sorted(primary.validity.names))
+    r = run or RunInfo(name)
+    row.update({"epochs": r.epochs_done, "train_images": r.train_size,
+                "student_forward_images": r.student_forward_images,
+                "teacher_forward_images": r.teacher_forward_images,
+                "train_hours": None if run is None else round(run.train_seconds / 3600, 4),
+                "train_device": r.device, "eval_device": prov.device,
+                "commit": prov.git_commit, "config_sha256": r.config_sha256,
+                "checkpoint": model.weights, "sha256": model.weights_sha256,
+                "eval_seed": prov.seed, "subset_hash": prov.dataset.subset_hash,
+                "result_key": prov.key})
     return row
 
 

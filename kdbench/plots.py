@@ -11,28 +11,39 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .errors import KdbenchError
+from .evaluation.result import EvalResult
 
 
-def _load(paths) -> List[dict]:
+@dataclass
+class _Plotted:
+    result: EvalResult
+    path: str
+    label: Optional[str] = None
+
+
+def _load(paths) -> List[_Plotted]:
     out = []
     for p in paths:
         try:
             r = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise KdbenchError(f"{p}: not a readable result JSON ({type(e).__name__})") from None
-        if "clean_accuracy" not in r:
+        if not isinstance(r, dict) or "clean_accuracy" not in r:
             raise KdbenchError(f"{p}: not a kdbench result (no clean_accuracy)")
-        r["_path"] = str(p)
-        out.append(r)
+        try:
+            out.append(_Plotted(EvalResult.from_dict(r), str(p)))
+        except (TypeError, KeyError, AttributeError) as e:
+            raise KdbenchError(f"{p}: not a kdbench result ({type(e).__name__}: {str(e)[:80]})") from None
     return out
 
 
-def _label(r: dict) -> str:
-    return r.get("label") or Path(r["_path"]).stem
+def _label(r: _Plotted) -> str:
+    return r.label or Path(r.path).stem
 
 
 def plot(paths, out_dir, labels=None) -> List[Path]:
@@ -43,18 +54,18 @@ def plot(paths, out_dir, labels=None) -> List[Path]:
 
     results = _load(paths)
     for r, lab in zip(results, labels or []):
-        r["label"] = lab
+        r.label = lab
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    curves = [(r, (r.get("validity") or {}).get("budget_checks")) for r in results]
+    curves = [(r, r.result.validity.budget_checks) for r in results]
     curves = [(r, c) for r, c in curves if c]
     if curves:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for r, c in curves:
             xs = sorted(c["curve"], key=float)
             ax.plot([float(v) for v in xs], [c["curve"][v] for v in xs], marker="o", label=_label(r))
-        ax.set_xlabel(f"eps ({results[0]['config']['norm']})")
+        ax.set_xlabel(f"eps ({results[0].result.config.norm})")
         ax.set_ylabel("PGD-20 robust accuracy (clean-correct subset)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
@@ -62,13 +73,13 @@ def plot(paths, out_dir, labels=None) -> List[Path]:
         written.append(out / "robust_vs_eps.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    names = sorted({k for r in results for k in (r.get("min_perturbation") or {})})
+    names = sorted({k for r in results for k in (r.result.min_perturbation or {})})
     for name in names:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for r in results:
-            d = (r["per_sample"].get("min_distance") or {}).get(name)
+            d = (r.result.per_sample.min_distance or {}).get(name)
             if d:
-                finite = [v for v, c in zip(d, r["per_sample"]["correct_clean"]) if c and math.isfinite(v)]
+                finite = [v for v, c in zip(d, r.result.per_sample.correct_clean) if c and math.isfinite(v)]
                 ax.hist(finite, bins=30, alpha=0.5, label=_label(r))
         ax.set_xlabel(f"minimal distance ({name})")
         ax.set_ylabel("points")
@@ -87,7 +98,7 @@ def plot(paths, out_dir, labels=None) -> List[Path]:
     return written
 
 
-def _temperature(r: dict):
+def _temperature(r: _Plotted):
     m = re.search(r"T=([0-9.]+)", _label(r))
     return float(m.group(1)) if m else None
 
@@ -98,17 +109,17 @@ def temperature_plot(temps, path, plt) -> Path:
     series: Dict[str, list] = {}
     for r, t in temps:
         series.setdefault(_label(r).split("T=")[0].strip(" -_") or "model", []).append((t, r))
-    mp_names = sorted({k for r, _ in temps for k in (r.get("min_perturbation") or {})})
+    mp_names = sorted({k for r, _ in temps for k in (r.result.min_perturbation or {})})
     cols = 2 + len(mp_names)
     fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3))
     for name, pts in series.items():
         pts.sort(key=lambda p: p[0])
         ts = [p[0] for p in pts]
-        axes[0].plot(ts, [p[1]["clean_accuracy"] for p in pts], marker="o", label=name)
-        axes[1].plot(ts, [p[1]["sensitivity"]["fraction_below_1e-10"] for p in pts], marker="o", label=name)
+        axes[0].plot(ts, [p[1].result.clean_accuracy for p in pts], marker="o", label=name)
+        axes[1].plot(ts, [p[1].result.sensitivity.fraction_below_1e10 for p in pts], marker="o", label=name)
         for i, mp in enumerate(mp_names):
-            axes[2 + i].plot(ts, [(p[1].get("min_perturbation") or {}).get(mp, {}).get("mean") for p in pts],
-                             marker="o", label=name)
+            found = [(p[1].result.min_perturbation or {}).get(mp) for p in pts]
+            axes[2 + i].plot(ts, [f.mean if f is not None else None for f in found], marker="o", label=name)
     axes[0].set_title("accuracy")
     axes[1].set_title("fraction of |grad| < 1e-10")
     for i, mp in enumerate(mp_names):

@@ -49,3 +49,12 @@ class Registry:
 
     def names(self) -> list:
         return sorted(self._items)
+
+    def values(self) -> list:
+        """The registered objects in registration order, each once (aliases folded)."""
+        seen, out = set(), []
+        for v in self._items.values():
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out

@@ -51,7 +51,10 @@ def run_weights(run_dir, prefer_best: bool = True) -> Path:
 
 
 def run_summary(run_dir, cfg: dict) -> dict:
-    """What a leaderboard needs to know about how a model was trained (carried into results)."""
+    """What a leaderboard needs to know about how a model was trained (carried into results):
+    ``name`` the run directory's (``root/role`` for a chain link) and ``seed`` the run's, both
+    recorded explicitly: a leaderboard row is ``RunInfo.row_name`` of the two, never a parse of a
+    directory name alone.  (Results are keyed by this record: keep it stable.)"""
     import hashlib
 
     hist = []

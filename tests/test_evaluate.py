@@ -206,7 +206,7 @@ def test_store_and_resume_after_failure(default_model, digits, tmp_path, monkeyp
     db = tmp_path / "r.db"
     kw = dict(dataset=digits, n=200, attacks=["fgsm", "pgd"], device="cpu", chunk_size=50)
     ref = evaluate(default_model, store=ResultStore(tmp_path / "ref.db"), **kw).to_dict()
-    import kdbench.evaluation.core as core
+    import kdbench.evaluation.pipeline as core
 
     real = core._attack_chunk
     calls = {"n": 0}
@@ -292,7 +292,7 @@ def test_torchrun_shards_equal_single_process(tmp_path):
 
 
 def test_user_attacks_register_and_are_rechecked(default_model, digits):
-    from kdbench.evaluation.attacks import register_attack
+    from kdbench.attacks.registry import register_attack
 
     @register_attack("test-noise", norms=("Linf",), defaults={"tries": 3})
     def noise(eps, norm, seed, num_classes, tries):

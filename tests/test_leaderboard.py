@@ -9,7 +9,7 @@ from conftest import run_cli
 
 from kdbench import leaderboard as lb
 from kdbench.check import check, mcnemar_worse, two_proportion_worse
-from kdbench.evaluation.attacks import SUITES
+from kdbench.attacks.suites import SUITES
 from kdbench.evaluation.metrics import wilson
 from kdbench.errors import KdbenchError
 

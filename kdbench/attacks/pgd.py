@@ -62,3 +62,19 @@ def ce_pgd(student, x, y, attack, train_mode: bool, start: str, clip_start: bool
     with mode(student, train=train_mode):
         return pgd(x, lambda xa: F.cross_entropy(student(xa), y, reduction=reduction), attack.eps,
                    attack.step_size, attack.steps, start=start, clip_start=clip_start)
+
+
+def cw_margin_pgd(eps, step_size, steps, kappa):
+    """CW-inf of the distillation papers: L-inf PGD (uniform start) maximising the Carlini-Wagner
+    margin  max_{j != y} Z_j - Z_y, capped at kappa (methods.md 2.4; IAD's basic_eval.py)."""
+    def run(model, x, y):
+        def objective(xa):
+            z = model(xa)
+            onehot = F.one_hot(y, z.shape[1]).bool()
+            correct = z[onehot]
+            other = z.masked_fill(onehot, float("-inf")).max(1).values
+            return (-(correct - other + kappa).clamp(min=0)).sum()
+
+        return pgd(x, objective, eps, step_size, steps, start="uniform")
+
+    return run

@@ -155,11 +155,11 @@ def cmd_leaderboard(args) -> int:
     if args.results:
         d = Path(args.results)
         d.mkdir(parents=True, exist_ok=True)
-        by_key = {r["provenance"].get("key"): r for r in results}  # the newest result per key
+        by_key = {r.provenance.key: r for r in results}  # the newest result per key
         for row in rows:
             res = by_key.get(row["result_key"])
             if res is not None:
-                (d / f"{row['name']}.json").write_text(json.dumps(res))
+                (d / f"{row['name']}.json").write_text(json.dumps(res.to_dict()))
     if args.checkpoints:
         lb.export_checkpoints(rows, args.checkpoints)
     lb.print_rows(rows)

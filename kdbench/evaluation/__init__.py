@@ -1,3 +1,3 @@
 """Robustness evaluation through torchattacks, ART and the reference AutoAttack."""
-from .attacks import SUITES, build_attack, parse_spec  # noqa: F401
-from .core import EvalResult, evaluate  # noqa: F401
+from .pipeline import evaluate  # noqa: F401
+from .result import EvalResult  # noqa: F401

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..models import forward_all
 from ..models.cam import cam_pair
 from . import metrics
-from .attacks import build_attack
+from ..attacks.registry import build_attack
 
 
 def _batched(fn, n, batch_size):

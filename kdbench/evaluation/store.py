@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import KdbenchError
+from .result import EvalResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -66,20 +67,20 @@ class ResultStore:
         with self.db:
             self.db.execute("DELETE FROM partial WHERE key=?", (key,))
 
-    def finish(self, key: str, result: dict) -> int:
-        prov = result.get("provenance", {})
+    def finish(self, key: str, result: EvalResult) -> int:
+        r = EvalResult.coerce(result)
+        model = r.provenance.model
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO results (key, created, model, weights_sha256, dataset, norm, eps, n, clean_accuracy, "
                 "worst_case, json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (key, datetime.now(timezone.utc).isoformat(), prov.get("model", {}).get("spec"),
-                 prov.get("model", {}).get("weights_sha256"), prov.get("dataset", {}).get("name"),
-                 result["config"]["norm"], result["config"]["eps"], result["n"], result["clean_accuracy"],
-                 (result.get("worst_case") or {}).get("robust_accuracy"), json.dumps(result)))
+                (key, datetime.now(timezone.utc).isoformat(), model.spec if model else None,
+                 model.weights_sha256 if model else None, r.provenance.dataset.name, r.config.norm, r.config.eps,
+                 r.n, r.clean_accuracy, r.worst_case.robust_accuracy, json.dumps(r.to_dict())))
         return cur.lastrowid  # the per-chunk rows stay: a later suite on the same points reuses them
 
-    def results(self) -> List[dict]:
-        return [json.loads(r[0]) for r in self.db.execute("SELECT json FROM results ORDER BY id")]
+    def results(self) -> List[EvalResult]:
+        return [EvalResult.from_dict(json.loads(r[0])) for r in self.db.execute("SELECT json FROM results ORDER BY id")]
 
     def close(self) -> None:
         self.db.close()

@@ -9,8 +9,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-WHITE_BOX = {"fgsm", "pgd", "bim", "mifgsm", "apgd-ce", "cw-linf", "apgd-t", "fab", "autoattack", "deepfool", "cw-l2",
-             "cw-l0", "cw-linf-min"}
+from ..attacks.registry import entries, entry_of
+
 
 
 def probe_gradients(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev) -> Dict[str, list]:
@@ -41,12 +41,13 @@ def _flag(name: str, message: str, **evidence) -> dict:
     return {"name": name, "message": message, "evidence": evidence}
 
 
-def check(res: dict, probe: Dict[str, list] | None, extra: Dict[str, float] | None = None) -> List[dict]:
-    """The checks that need only the suite's per-sample results (and the gradient probe, when run)."""
+def check(n: int, correct: List[bool], acc: Dict[str, float], ps: Dict[str, List[bool]],
+          probe: Dict[str, list] | None) -> List[dict]:
+    """The checks that need only the suite's per-sample results (``acc``: each attack's robust
+    accuracy, ``ps``: its per-sample outcomes) and the gradient probe, when run.  Which attacks
+    pair up is read from their registry entries (margin_of, white_box, single_step, iterative_ce)."""
     flags = []
-    n = res["n"]
     tol = max(2 / n, 2 * math.sqrt(0.25 / max(n, 1)))  # about two standard errors at p = 0.5
-    correct = res["per_sample"]["correct_clean"]
     if probe is not None and probe["probabilities"]:
         flags.append(_flag("outputs_are_probabilities", "the model returns probabilities, not logits: "
                            "CE attacks on them are weak; return logits", sample_rows_sum_to_one=True))
@@ -56,10 +57,10 @@ def check(res: dict, probe: Dict[str, list] | None, extra: Dict[str, float] | No
         flags.append(_flag("zero_gradients", f"{zero:.0%} of clean-correct points have an exactly zero "
                            "cross-entropy input gradient (saturated softmax or a non-differentiable model)",
                            fraction=zero, n=len(cc)))
-    acc = {k: v["robust_accuracy"] for k, v in res["attacks"].items()}
-    name_of = {k: k.partition("@")[0].partition(":")[0] for k in acc}
-    # like-for-like budgets: PGD vs CW-inf (same steps and step), APGD-CE vs APGD-T
-    for ce_name, mg_name in (("pgd", "cw-linf"), ("apgd-ce", "apgd-t")):
+    name_of = {k: k.partition("@")[0].partition(":")[0] for k in ps}
+    entry = {k: entry_of(k) for k in name_of}
+    # like-for-like budgets: PGD vs CW-inf (same steps and step), APGD-CE vs APGD-T (entries' margin_of)
+    for ce_name, mg_name in [(e.name, e.margin_of) for e in entries() if e.margin_of]:
         ce = [k for k in acc if name_of[k] == ce_name]
         mg = [k for k in acc if name_of[k] == mg_name]
         if ce and mg:
@@ -70,22 +71,18 @@ def check(res: dict, probe: Dict[str, list] | None, extra: Dict[str, float] | No
                                    "gradient masking by logit scaling", ce_attack=c, ce_robust=acc[c],
                                    margin_attack=m, margin_robust=acc[m]))
                 break
-    ps = res["per_sample"]["robust"]
-    wb = [k for k in ps if name_of[k] in WHITE_BOX]
+    wb = [k for k in ps if entry[k] is not None and entry[k].white_box]
     for k in ps:
-        if name_of[k] == "square" and wb:
+        if entry[k] is not None and entry[k].builtin and not entry[k].white_box and wb:
             only = sum(1 for i in range(n) if not ps[k][i] and all(ps[w][i] for w in wb))
             if only / n > 0.002:
                 flags.append(_flag("black_box_beats_white_box", f"Square broke {only} point(s) every white-box "
                                    "attack missed: the gradients mislead", points=only, fraction=only / n))
-    fg = [k for k in acc if name_of[k] == "fgsm"]
-    it = [k for k in acc if name_of[k] in ("pgd", "bim", "apgd-ce")]
+    fg = [k for k in acc if entry[k] is not None and entry[k].single_step]
+    it = [k for k in acc if entry[k] is not None and entry[k].iterative_ce]
     if fg and it and acc[fg[0]] < min(acc[k] for k in it) - tol:
         flags.append(_flag("single_step_beats_iterative", "FGSM is stronger than the iterative attacks: a "
                            "step size or gradient problem", fgsm=acc[fg[0]], iterative=min(acc[k] for k in it)))
-    for name, v in (extra or {}).items():
-        if v is not None:
-            flags.append(v)
     return flags
 
 

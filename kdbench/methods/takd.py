@@ -5,7 +5,7 @@ model's soft labels -- the same-architecture chains of Mandal & Gao (seed 000), 
 teacher, assistant and student share one architecture and multi-step chains have k links.
 ``loss: kd``: Mirzadeh et al.'s (1 - lambda) CE + lambda T^2 KL (element-wise mean) -- the
 smaller-assistant chain.  Chains are built by ``kdbench train --method takd --chain K``
-(see kdbench/train/chain.py); each link's config names its teacher.
+(see kdbench/training/chain.py); each link's config names its teacher.
 
 Deviation switch: ``released_lr_rule: true`` reproduces TAKD's released learning rate
 (0.01 until 75 % of the epochs, then 0.001: its 0.1 phase never runs)."""

@@ -1,2 +1,2 @@
-"""The one training engine (:func:`kdbench.train.engine.train`)."""
+"""The one training engine (:func:`kdbench.training.engine.train`)."""
 from .engine import train  # noqa: F401
