@@ -127,15 +127,3 @@ def merge(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
         node[parts[-1]] = value
     return config_from_dict(d)
 
-
-# Per-dataset defaults for small offline runs (paper-scale settings live in configs/).
-DATASET_DEFAULTS = {
-    "digits": {"model": "smallcnn", "epochs": 10, "batch_size": 32},
-    "mnist5k": {"model": "smallcnn", "epochs": 10},
-    "fashion-mnist": {"model": "smallcnn", "epochs": 10},
-    "mnist": {"model": "smallcnn", "epochs": 20},
-    "cifar10": {"model": "resnet18", "epochs": 100},
-    "cifar100": {"model": "resnet18", "epochs": 100},
-    "svhn": {"model": "resnet18", "epochs": 50, "optimizer.lr": 0.01},
-    "tiny-imagenet": {"model": "preact-resnet18", "epochs": 100},
-}

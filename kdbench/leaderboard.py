@@ -27,10 +27,10 @@ import yaml
 from .errors import KdbenchError
 from .attacks.registry import entries
 from .attacks.suites import SUITES
-from .evaluation.metrics import wilson
 from .evaluation.result import EvalResult
 
-ATTACK_COLUMNS = [(e.column, e.name) for e in entries() if e.column]  # (column, attack): fgsm, pgd20, cw_inf, autoattack
+# (column, attack) from the registry's entries: fgsm, pgd20, cw_inf, autoattack
+ATTACK_COLUMNS = [(e.column, e.name) for e in entries() if e.column]
 QUICK = SUITES["quick"]
 
 
@@ -306,10 +306,14 @@ def print_rows(rows: List[dict]) -> None:
     Console(width=max(Console().width, 200)).print(t)
 
 
-def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List[Path]:
+def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20, store=None) -> List[Path]:
     """Copy each row's checkpoint (with its run config and metrics) into ``dest/<run dir>/`` when under
-    ``max_bytes``, so the committed numbers can be re-checked; updates the rows' paths."""
+    ``max_bytes``, so the committed numbers can be re-checked; updates the rows' paths.  With
+    ``store``, ``dest/<run dir>/`` is a manifest and the weights go to the content-addressed store
+    (:func:`kdbench.rundir.save_run`); the row's checkpoint is then the stored file."""
     import shutil
+
+    from .rundir import save_run, stored_weights
 
     dest = Path(dest)
     out = []
@@ -318,6 +322,10 @@ def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20) -> List
         if not ck or not Path(ck).is_file() or Path(ck).stat().st_size > max_bytes:
             continue
         d = dest / _run_path(Path(ck).parent)
+        if store is not None:
+            r["checkpoint"] = str(stored_weights(store, save_run(Path(ck).parent, d, store, weights=ck)))
+            out.append(d)
+            continue
         d.mkdir(parents=True, exist_ok=True)
         if Path(ck).resolve() != (d / "best.safetensors").resolve():
             shutil.copyfile(ck, d / "best.safetensors")

@@ -3,9 +3,9 @@
 Keyword arguments follow one convention: ``s_nat``/``s_adv`` are the student's logits on the
 clean x and the adversarial x', ``t_nat``/``t_adv`` the teacher's, ``y`` the labels; then each
 method's hyperparameters under its paper's names, defaulting to the official CIFAR-10 code
-(reductions included; see docs/methods.md and ../shared/methods.md).
+(reductions included; see docs/methods.md).
 
-KL convention (methods.md 0.1): ``kl(p_logits, q_logits)`` is KL(softmax(p) || softmax(q)),
+KL convention (docs/methods.md §0.1): ``kl(p_logits, q_logits)`` is KL(softmax(p) || softmax(q)),
 the first argument being the target (teacher) distribution.
 """
 from __future__ import annotations
@@ -53,12 +53,12 @@ def natural_loss(*, s_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pgd_at_loss(*, s_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PGD-AT (Madry et al. 2018, Eq. 2.1; methods.md 10.1): mean CE on the adversarial inputs."""
+    """PGD-AT (Madry et al. 2018, Eq. 2.1; docs/methods.md §10.1): mean CE on the adversarial inputs."""
     return F.cross_entropy(s_adv, y)
 
 
 def trades_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """TRADES (Zhang et al. 2019, Eq. 5; methods.md 10.2):
+    """TRADES (Zhang et al. 2019, Eq. 5; docs/methods.md §10.2):
     CE(f(x), y) + beta * (1/B) sum_b KL(softmax(f(x_b)) || softmax(f(x'_b))).
 
     The target softmax(f(x)) is *not* detached, as in the official code."""
@@ -70,7 +70,7 @@ def trades_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, be
 # ------------------------------------------------------------------------------------------
 
 def custom_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """The "custom KL" of RSLAD and MTARD (methods.md 0.1): per element
+    """The "custom KL" of RSLAD and MTARD (docs/methods.md §0.1): per element
     p * (log(p + 1e-5) - log q), with p = softmax(teacher) detached.  Same gradient as KL; the
     value differs by sum p log((p + 1e-5) / p), which matters for MTARD's adaptive weights."""
     p = F.softmax(p_logits, dim=1).detach()
@@ -80,7 +80,7 @@ def custom_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: str = "
 
 def ard_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor,
              alpha: float, tau: float) -> torch.Tensor:
-    """ARD (Goldblum et al. 2020, Eq. 4; methods.md 1.2):
+    """ARD (Goldblum et al. 2020, Eq. 4; docs/methods.md §1.2):
     alpha tau^2 KL(T^tau(x) || S^tau(x')) [element-wise mean over B*C, ``KLDivLoss()``]
     + (1 - alpha) CE(S(x), y) [at temperature 1].  Official defaults alpha = 1, tau = 30."""
     soft = kl(t_nat.detach(), s_adv, T=tau, reduction="mean") * (alpha * tau * tau)
@@ -88,7 +88,7 @@ def ard_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, y
 
 
 def iad_trust(t_adv: torch.Tensor, y: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """IAD's per-sample trust in the teacher (methods.md 2.2): softmax(T(x'))_y ** beta, no gradient."""
+    """IAD's per-sample trust in the teacher (docs/methods.md §2.2): softmax(T(x'))_y ** beta, no gradient."""
     return F.softmax(t_adv.detach(), dim=1).gather(1, y[:, None]).squeeze(1).pow(beta)
 
 
@@ -96,7 +96,7 @@ def iad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, w: to
              t_nat: torch.Tensor | None = None, t_adv: torch.Tensor | None = None,
              t_std_adv: torch.Tensor | None = None, variant: str, tau: float, alpha: float | None = None,
              alpha1: float | None = None, alpha2: float | None = None) -> torch.Tensor:
-    """IAD (Zhu et al. 2022; methods.md 2.2-2.3); batchmean KLs; ``w=None`` means before
+    """IAD (Zhu et al. 2022; docs/methods.md §2.2-2.3); batchmean KLs; ``w=None`` means before
     ``begin`` (no introspection term, teacher fully trusted).  The self target S(x) is *not*
     detached, as in the official code.  IAD-I takes ``alpha``, IAD-II ``alpha1`` and ``alpha2``.
 
@@ -126,7 +126,7 @@ def iad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, w: to
 
 def rslad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, alpha: float,
                kl_scale: float) -> torch.Tensor:
-    """RSLAD (Zi et al. 2021; methods.md 3.2): both terms against the teacher's *clean* soft label,
+    """RSLAD (Zi et al. 2021; docs/methods.md §3.2): both terms against the teacher's *clean* soft label,
     custom KL with element-wise mean over B*C, temperature 1:
     alpha k(T(x) || S(x')) + (1 - alpha) k(T(x) || S(x)).  ``kl_scale`` = 10 for CIFAR-100."""
     return kl_scale * (alpha * custom_kl(t_nat, s_adv) + (1 - alpha) * custom_kl(t_nat, s_nat))
@@ -134,7 +134,7 @@ def rslad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor,
 
 def mtard_terms(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
                 kl_scale: float):
-    """MTARD's two distillation terms (methods.md 4.2): L_adv = k(T_adv(x') || S(x')),
+    """MTARD's two distillation terms (docs/methods.md §4.2): L_adv = k(T_adv(x') || S(x')),
     L_nat = k(T_nat(x) || S(x)), custom KL, element-wise mean."""
     return kl_scale * custom_kl(t_adv, s_adv), kl_scale * custom_kl(t_nat, s_nat)
 
@@ -149,7 +149,7 @@ def mtard_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor,
 
 def mtard_update(w_nat: float, l_adv: float, l_nat: float, l0_adv: float, l0_nat: float, eta: float,
                  beta: float):
-    """MTARD's adaptive-weight step (methods.md 4.2), from loss *values*:
+    """MTARD's adaptive-weight step (docs/methods.md §4.2), from loss *values*:
     r = (L / L0) ** beta;  w_nat <- w_nat - eta (w_nat - r_nat / (r_adv + r_nat));  w_adv = 1 - w_nat."""
     r_adv, r_nat = (l_adv / l0_adv) ** beta, (l_nat / l0_nat) ** beta
     w_nat = w_nat - eta * (w_nat - r_nat / (r_adv + r_nat))
@@ -158,7 +158,7 @@ def mtard_update(w_nat: float, l_adv: float, l_nat: float, l0_adv: float, l0_nat
 
 def adaad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor, t_adv: torch.Tensor,
                alpha: float, reduction: str = "mean") -> torch.Tensor:
-    """AdaAD (Huang et al. 2023; methods.md 5.2): alpha KL(T(x') || S(x')) + (1 - alpha) KL(T(x) || S(x)),
+    """AdaAD (Huang et al. 2023; docs/methods.md §5.2): alpha KL(T(x') || S(x')) + (1 - alpha) KL(T(x) || S(x)),
     temperature 1; element-wise mean for CIFAR-10 (``KLDivLoss()``), batchmean for CIFAR-100."""
     return (alpha * kl(t_adv.detach(), s_adv, reduction=reduction)
             + (1 - alpha) * kl(t_nat.detach(), s_nat, reduction=reduction))
@@ -166,7 +166,7 @@ def adaad_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_nat: torch.Tensor,
 
 def dd_loss(*, s_nat: torch.Tensor, y: torch.Tensor | None = None, t_nat: torch.Tensor | None = None,
             T: float) -> torch.Tensor:
-    """Defensive distillation (Papernot et al. 2016; methods.md 8.1): mean CE between the target
+    """Defensive distillation (Papernot et al. 2016; docs/methods.md §8.1): mean CE between the target
     q and softmax(Z / T); q is one-hot (training the teacher) or softmax(T(x) / T) from the
     teacher (training the student).  Models are tested at T = 1."""
     log_q = F.log_softmax(s_nat / T, dim=1)
@@ -178,7 +178,7 @@ def dd_loss(*, s_nat: torch.Tensor, y: torch.Tensor | None = None, t_nat: torch.
 
 def takd_loss(*, s_nat: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor, lam: float,
               T: float) -> torch.Tensor:
-    """KD as in TAKD (Mirzadeh et al. 2019; methods.md 8.2):
+    """KD as in TAKD (Mirzadeh et al. 2019; docs/methods.md §8.2):
     (1 - lambda) CE(S(x), y) + lambda T^2 KL(T^T(x) || S^T(x)) with element-wise mean."""
     return (1 - lam) * F.cross_entropy(s_nat, y) + lam * T * T * kl(t_nat.detach(), s_nat, T=T, reduction="mean")
 
@@ -190,7 +190,7 @@ def takd_loss(*, s_nat: torch.Tensor, t_nat: torch.Tensor, y: torch.Tensor, lam:
 def darht_weights(teachers, y: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     """DARHT's teacher weights from each teacher's mean cross-entropy on the batch (seed 001,
     section 3): w_j = exp(-CE_j) / sum_j' exp(-CE_j') (the paper) or exp(-CE_j) unnormalised
-    (the released code, methods.md 6.3).  No gradient."""
+    (the released code, docs/methods.md §6.3).  No gradient."""
     ce = torch.stack([F.cross_entropy(t.detach().float(), y) for t in teachers])
     return torch.softmax(-ce, 0) if normalise else torch.exp(-ce)
 
@@ -223,7 +223,7 @@ def darht_loss(*, s_adv: torch.Tensor, stf: torch.Tensor, t_adv, y: torch.Tensor
 
 
 def soft_rank(v: torch.Tensor, gamma: float = 1000.0) -> torch.Tensor:
-    """Differentiable descending rank over the last dimension (SmaraAD Eq. 4; methods.md 7.1):
+    """Differentiable descending rank over the last dimension (SmaraAD Eq. 4; docs/methods.md §7.1):
     r_i = sum_j sigmoid(gamma (v_j - v_i)); the largest entry gets about 1/2, the smallest n - 1/2."""
     return torch.sigmoid(gamma * (v.unsqueeze(-2) - v.unsqueeze(-1))).sum(-1)
 
@@ -319,13 +319,13 @@ def smaraadpp_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, t_adv: torch.Ten
 
 
 def attention_map(fmap: torch.Tensor) -> torch.Tensor:
-    """AGKD-BML's class-irrelevant attention map (methods.md 9.3): the channel sum of the last
+    """AGKD-BML's class-irrelevant attention map (docs/methods.md §9.3): the channel sum of the last
     feature map, min-max scaled per sample to [0, 1].  B x K x h x w -> B x h x w."""
     return minmax(fmap.sum(1))
 
 
 def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.5) -> torch.Tensor:
-    """AGKD-BML's label-smoothed CE (methods.md 9.3): target 1 - s on y and s / (C - 1) on every
+    """AGKD-BML's label-smoothed CE (docs/methods.md §9.3): target 1 - s on y and s / (C - 1) on every
     other class (not PyTorch's ``label_smoothing``, which spreads s over all C classes)."""
     C = logits.shape[1]
     target = torch.full_like(logits, smoothing / (C - 1)).scatter(1, y[:, None], 1 - smoothing)
@@ -333,7 +333,7 @@ def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float =
 
 
 def mart_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """MART (Wang et al. 2020) as in AGKD-BML's ``utils.py`` (methods.md 9.3):
+    """MART (Wang et al. 2020) as in AGKD-BML's ``utils.py`` (docs/methods.md §9.3):
     NLL(log(1.0001 - p_adv + 1e-12), y~) with y~ the top non-true class of p_adv, plus
     beta (1/B) sum KL(p_nat || p_adv) (1.0000001 - p_nat,y), gradient through both distributions."""
     p_adv = F.softmax(s_adv, dim=1)
@@ -347,14 +347,14 @@ def mart_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta
 
 
 def angular_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """D(u, v) = 1 - |cos(u, v)| with the cosine clipped at 1 (AGKD-BML; methods.md 9.3)."""
+    """D(u, v) = 1 - |cos(u, v)| with the cosine clipped at 1 (AGKD-BML; docs/methods.md §9.3)."""
     cos = F.cosine_similarity(u, v, dim=1, eps=1e-8).clamp(max=1.0)
     return 1 - cos.abs()
 
 
 def bml_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.03,
                 lam2: float = 1e-3) -> torch.Tensor:
-    """AGKD-BML's bi-directional angular triplet (methods.md 9.3): mean_b max(0, m + D(a, p) - D(a, n))
+    """AGKD-BML's bi-directional angular triplet (docs/methods.md §9.3): mean_b max(0, m + D(a, p) - D(a, n))
     + lam2 (mean(a^2) + mean(p^2) + mean(n^2))."""
     hinge = F.relu(margin + angular_distance(anchor, positive) - angular_distance(anchor, negative)).mean()
     return hinge + lam2 * (anchor.pow(2).mean() + positive.pow(2).mean() + negative.pow(2).mean())
@@ -364,7 +364,7 @@ def agkd_bml_loss(*, s_nat: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, 
                   fm_t_nat: torch.Tensor, fm_s_back: torch.Tensor, fm_t_back: torch.Tensor, e_nat: torch.Tensor,
                   e_adv: torch.Tensor, e_back: torch.Tensor, smoothing: float, beta: float,
                   lam1: float, margin: float, lam2: float) -> torch.Tensor:
-    """AGKD-BML (Wang et al. 2021; methods.md 9.3):
+    """AGKD-BML (Wang et al. 2021; docs/methods.md §9.3):
     CE_ls(S(x1'), y) + MART(S(x1), S(x1'), y) + |A(F_S(x1')) - A(F_T(x1))|_1 + |A(F_S(x2')) - A(F_T(x2))|_1
     + lam1 * triplet(e(x1'), e(x1), e(x2')).
 

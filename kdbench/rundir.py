@@ -1,5 +1,9 @@
 """Run-directory layout (files only: no model is built here; :mod:`kdbench.specs` does that).
 
+A committed run (a board's) is a manifest -- ``config.yaml``, ``metrics.jsonl`` and
+``best.sha256`` -- with its weights in one content-addressed store (:func:`save_run`,
+:func:`restore_run`).
+
 Run directories: ``config.yaml`` (resolved config), ``model.safetensors`` (last weights),
 ``best.safetensors`` (best by the selection metric), ``metrics.jsonl`` (history) and
 ``state.pt`` (the resume point: weights, optimizer, RNG; written atomically each epoch and
@@ -90,3 +94,63 @@ def write_config(run_dir, data: dict) -> None:
 def write_metrics(run_dir, history) -> None:
     text = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write(Path(run_dir) / METRICS, lambda p: Path(p).write_text(text))
+
+
+# --- committed runs: a manifest directory per run, weights in one content-addressed store -------
+
+WEIGHTS_POINTER = "best.sha256"  # a committed run's weights: the sha256 of best.safetensors in the store
+_KEPT = (CONFIG, METRICS)
+
+
+def stored_weights(store, sha256: str) -> Path:
+    """A checkpoint's path in a content-addressed store: ``STORE/<sha256>.safetensors``."""
+    return Path(store) / f"{sha256}.safetensors"
+
+
+def save_run(run_dir, manifest_dir, store, weights=None) -> str:
+    """Commit a finished run: its config and metrics into ``manifest_dir``, its best weights (or
+    ``weights``) into
+    ``store`` under their sha256 (written once, shared by every board that uses them) and that
+    hash into ``manifest_dir/best.sha256``.  Returns the hash."""
+    import shutil
+
+    from .weights import sha256_file
+
+    src, dest = Path(run_dir), Path(manifest_dir)
+    weights = Path(weights) if weights is not None else run_weights(src)
+    sha = sha256_file(weights)
+    target = stored_weights(store, sha)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_file():
+        atomic_write(target, lambda p: shutil.copyfile(weights, p))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _KEPT:
+        if (src / name).is_file() and (src / name).resolve() != (dest / name).resolve():
+            atomic_write(dest / name, lambda p, name=name: shutil.copyfile(src / name, p))
+    atomic_write(dest / WEIGHTS_POINTER, lambda p: Path(p).write_text(sha + "\n"))
+    return sha
+
+
+def restore_run(manifest_dir, store, dest) -> Path:
+    """Rebuild a committed run as a run directory in ``dest`` (config, metrics and
+    ``best.safetensors`` from the store, its sha256 checked); ``dest`` may be ``manifest_dir``."""
+    import shutil
+
+    from .weights import sha256_file
+
+    src, out = Path(manifest_dir), Path(dest)
+    pointer = src / WEIGHTS_POINTER
+    if not pointer.is_file():
+        raise KdbenchError(f"{src}: not a committed run (no {WEIGHTS_POINTER})")
+    sha = pointer.read_text().strip()
+    weights = stored_weights(store, sha)
+    if not weights.is_file():
+        raise KdbenchError(f"{src}: its weights {weights} are not in the checkpoint store")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _KEPT:
+        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
+            shutil.copyfile(src / name, out / name)
+    atomic_write(out / BEST, lambda p: shutil.copyfile(weights, p))
+    if sha256_file(out / BEST) != sha:
+        raise KdbenchError(f"{weights}: content does not match its name (sha256 {sha[:12]}...)")
+    return out

@@ -1,4 +1,5 @@
-"""Regenerate configs/<method>/<dataset>.yaml from the official defaults (methods.md).
+"""Regenerate configs/<method>/<dataset>.yaml: every registered method, its defaults read from
+the method class (the one place they live; docs/methods.md), the papers' settings on top.
 
     python scripts/make_configs.py
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from kdbench.methods import METHODS, get_method
+
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 C10_TEACHER = "robustbench:cifar10/Linf/Zhang2019Theoretically"  # TRADES WRN-34-10 (model_cifar_wrn.pt)
 C10_NATURAL = "robustbench:cifar10/Linf/Standard"
@@ -20,6 +23,13 @@ EPS8, STEP2 = 8 / 255, 2 / 255
 
 SMALL = {"digits": {"epochs": 10, "eps": 0.1}, "mnist5k": {"epochs": 10, "eps": 0.3},
          "fashion-mnist": {"epochs": 10, "eps": 0.1}}
+
+
+def defaults(method, *keys, **overrides):
+    """``method_params`` for a config: the method class's defaults for ``keys``, then ``overrides``
+    (the paper settings that differ from them)."""
+    params = get_method(method).params
+    return {**{k: params[k] for k in keys}, **overrides}
 
 
 def sgd(lr=0.1, wd=2e-4, nesterov=False):
@@ -35,41 +45,41 @@ def paper(method, dataset):
         return {**base, "teachers": [C100_LTD if c100 else C10_TEACHER], "epochs": 200,
                 "batch_size": 256 if c100 else 128, "optimizer": sgd(),
                 "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1},
-                "method_params": {"alpha": 1.0, "tau": 30.0, "released_lr_schedule": False}}
+                "method_params": defaults("ard", "alpha", "tau", "released_lr_schedule")}
     if method in ("iad", "iad-ii"):
         teachers = [C100_LTD if c100 else C10_TEACHER] + ([C10_NATURAL] if method == "iad-ii" and not c100 else [])
         if method == "iad-ii" and c100:
             teachers.append("runs/cifar100-natural-resnet18")
-        mp = {"tau": 1.0, "beta": 0.1, "begin": 60 if method == "iad" else 40, "released_lr_schedule": False}
-        mp.update({"alpha": 1.0} if method == "iad" else {"alpha1": 0.5, "alpha2": 0.25})
+        mp = defaults(method, "tau", "beta", begin=60 if method == "iad" else 40)
+        mp.update(defaults(method, "released_lr_schedule", *(("alpha",) if method == "iad" else ("alpha1", "alpha2"))))
         return {**base, "teachers": teachers, "epochs": 200, "optimizer": sgd(),
                 "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1}, "method_params": mp}
     if method in ("rslad", "mtard"):
         teachers = [teacher] + ([C10_NATURAL if not c100 else "runs/cifar100-natural-wrn-22-6"]
                                 if method == "mtard" else [])
-        mp = {"kl_scale": 10.0 if c100 else 1.0}
-        mp.update({"alpha": 5 / 6, "fp16_teacher": False} if method == "rslad" else {"eta": 0.025, "beta": 1.0})
+        mp = {"kl_scale": 10.0} if c100 else defaults(method, "kl_scale")
+        mp.update(defaults(method, *(("alpha", "fp16_teacher") if method == "rslad" else ("eta", "beta"))))
         return {**base, "teachers": teachers, "epochs": 300, "optimizer": sgd(),
                 "schedule": {"name": "multistep", "milestones": [215, 260, 285], "gamma": 0.1},
                 "attack": {"eps": EPS8, "step_size": STEP2, "steps": 10}, "method_params": mp}
     if method in ("adaad", "adaiad"):
         t = C100_LTD if c100 else "robustbench:cifar10/Linf/Chen2021LTD_WRN34_20"
-        mp = {"alpha": 1.0, "reduction": "batchmean" if c100 else "mean"} if method == "adaad" else \
-            {"alpha": 1.0, "tau": 30.0, "beta": 0.1, "begin": 60}
+        mp = defaults("adaad", "alpha", "reduction", **({"reduction": "batchmean"} if c100 else {})) \
+            if method == "adaad" else defaults("adaiad", "alpha", "tau", "beta", begin=60)
         return {**base, "teachers": [t], "epochs": 200, "optimizer": sgd(wd=5e-4), "seed": 42,
                 "schedule": {"name": "multistep", "milestones": [100, 150], "gamma": 0.1}, "method_params": mp}
     if method in ("dd", "takd"):
         return {**base, "model": "cwnet", "teachers": ["runs/cifar-dd-teacher"] if method == "dd" else [],
                 "epochs": 50, "augment": False, "optimizer": sgd(lr=0.01, wd=0.0, nesterov=True),
                 "schedule": {"name": "constant"}, "eval": {"n": 1000, "pgd_steps": 20, "select": "clean"},
-                "method_params": {"T": 100.0} if method == "dd" else {"loss": "dd", "T": 20.0}}
+                "method_params": defaults("dd", "T") if method == "dd" else defaults("takd", "loss", "T")}
     if method == "darht":  # paper (seed 001, section 4): 100 epochs, lr 0.1, wd 2e-4; code: batch 256, step 0.003
         vit = f"runs/{dataset}-vit-pgd-at"  # configs/pgd-at/{dataset}-vit.yaml
         teachers = [C100_TEACHER, vit] if c100 else [C10_TEACHER, "robustbench:cifar10/Linf/Chen2021LTD_WRN34_20", vit]
         return {**base, "teachers": teachers, "epochs": 100, "batch_size": 256, "optimizer": sgd(wd=2e-4),
                 "schedule": {"name": "multistep", "milestones": [50, 75], "gamma": 0.1},
                 "attack": {"eps": 0.031, "step_size": 0.003, "steps": 10},
-                "method_params": {"samples": 4, "dropout": 0.1, "normalise_weights": True, "kl_direction": "student"}}
+                "method_params": defaults("darht", "samples", "dropout", "normalise_weights", "kl_direction")}
     if method in ("smaraad", "smaraadpp"):  # seed 002, section 4.1
         return {**base, "teachers": [C100_LTD if c100 else C10_TEACHER], "epochs": 200, "batch_size": 256,
                 "optimizer": sgd(wd=5e-4), "schedule": {"name": "multistep", "milestones": [115, 160, 185], "gamma": 0.1}}
@@ -84,7 +94,8 @@ def paper(method, dataset):
         if method == "trades":
             cfg.update({"model": "wrn-34-10", "epochs": 76, "optimizer": sgd(wd=2e-4),
                         "schedule": {"name": "multistep", "milestones": [75], "gamma": 0.1},
-                        "attack": {"eps": 0.031, "step_size": 0.007, "steps": 10}, "method_params": {"beta": 6.0}})
+                        "attack": {"eps": 0.031, "step_size": 0.007, "steps": 10},
+                        "method_params": defaults("trades", "beta")})
         if method == "natural":
             cfg.pop("attack")
         return cfg
@@ -106,7 +117,7 @@ def small(method, dataset):
     if method in ("dd", "takd"):
         cfg.update({"model": "cwnet" if dataset != "digits" else "smallcnn", "optimizer": sgd(lr=0.01, wd=0.0,
                     nesterov=True), "schedule": {"name": "constant"}, "augment": False,
-                    "method_params": {"T": 100.0} if method == "dd" else {"loss": "dd", "T": 20.0}})
+                    "method_params": defaults("dd", "T") if method == "dd" else defaults("takd", "loss", "T")})
         cfg["teachers"] = [f"runs/{dataset}-dd-teacher"] if method == "dd" else [teacher]
     return cfg
 
@@ -121,8 +132,7 @@ NOTES = {"dd": "# The teacher is trained first with the same file and no teacher
 
 
 def main():
-    methods = ["natural", "pgd-at", "trades", "ard", "iad", "iad-ii", "rslad", "mtard", "adaad", "adaiad", "dd",
-               "takd", "darht", "smaraad", "smaraadpp", "agkd-bml"]
+    methods = [m.name for m in METHODS.values()]  # every registered method
     # The ViT teachers of DARHT's heterogeneous setting, trained with Adam (SGD at lr 0.1 does not
     # train them): PGD-AT at paper scale, natural at small scale (PGD-AT from scratch does not get
     # off the ground in a CPU budget; the DARHT paper also uses natural ViT teachers).

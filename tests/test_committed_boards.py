@@ -9,10 +9,13 @@ import pytest
 from conftest import ROOT, run_cli
 
 from kdbench.leaderboard import read_csv
+from kdbench.rundir import restore_run
 
-BOARD = ROOT / "leaderboards" / "fashion-mnist.csv"
-CHECKPOINTS = ROOT / "leaderboards" / "checkpoints" / "fashion-mnist"
-RESULTS = ROOT / "leaderboards" / "results" / "fashion-mnist"
+BOARD_DIR = ROOT / "leaderboards" / "fashion-mnist"
+BOARD = BOARD_DIR / "board.csv"
+RUNS = BOARD_DIR / "runs"  # committed runs: config, metrics, best.sha256
+STORE = ROOT / "leaderboards" / "checkpoints"  # their weights, by content hash
+RESULTS = BOARD_DIR / "results"
 GATED = ["pgd-at"]  # rows re-evaluated on every CI run
 
 
@@ -20,7 +23,8 @@ GATED = ["pgd-at"]  # rows re-evaluated on every CI run
 def test_committed_row_reproduces(name, tmp_path):
     row = {r["name"]: r for r in read_csv(BOARD)}[name]
     out = tmp_path / f"{name}.json"
-    r = run_cli("evaluate", "--model", CHECKPOINTS / f"{name}-s0", "--dataset", "fashion-mnist", "--n", 200, "--suite",
+    run_dir = restore_run(RUNS / f"{name}-s0", STORE, tmp_path / f"{name}-s0")
+    r = run_cli("evaluate", "--model", run_dir, "--dataset", "fashion-mnist", "--n", 200, "--suite",
                 "quick", "--seed", row["eval_seed"], "--no-teachers", "--no-checks", "--db", "", "--out", out,
                 "--no-progress", timeout=900)
     assert r.returncode == 0, r.stderr

@@ -57,7 +57,8 @@ def test_mtard_weight_trajectory(digits):
         x, y = digits.test.images(torch.arange(step * 8, step * 8 + 8)), digits.test.y[step * 8:step * 8 + 8]
         xa = m.perturb(student, x, y)
         with torch.no_grad():
-            la, ln = losses.mtard_terms(s_nat=student(x), s_adv=student(xa), t_nat=t_nat(x), t_adv=t_adv(xa), kl_scale=1.0)
+            la, ln = losses.mtard_terms(s_nat=student(x), s_adv=student(xa), t_nat=t_nat(x), t_adv=t_adv(xa),
+                                        kl_scale=1.0)
         la, ln = la.item(), ln.item()
         l0 = l0 or (la, ln)
         _, expect_w = losses.mtard_update(expect_w, la, ln, *l0, eta=0.025, beta=1.0)

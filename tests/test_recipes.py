@@ -14,7 +14,7 @@ from conftest import ROOT
 from kdbench.config import load_config
 from kdbench.methods import METHODS
 
-RECIPES = sorted((ROOT / "leaderboards" / "recipes").glob("*.sh"))
+RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -28,13 +28,13 @@ def _default(text, var):
 
 
 def test_recipes_name_registered_methods_and_existing_configs():
-    fm = (ROOT / "leaderboards" / "recipes" / "fashion-mnist.sh").read_text()
+    fm = (ROOT / "recipes" / "fashion-mnist.sh").read_text()
     methods = _default(fm, "METHODS")
     assert len(methods) == 16 and all(m.replace("darht-het", "darht") in METHODS for m in methods)
     assert "--train-subset 5000" in fm and "--epochs 5" in fm
     assert _default(fm, "N") == ["1000"] and _default(fm, "SUITE0") == ["standard"]
     assert _default(fm, "SEED_N") == ["500"] and int(_default(fm, "SEED_N")[0]) <= int(_default(fm, "N")[0])
-    ps = (ROOT / "leaderboards" / "recipes" / "paper-scale.sh").read_text()
+    ps = (ROOT / "recipes" / "paper-scale.sh").read_text()
     for ds in ("cifar10", "cifar100"):
         for m in _default(ps, "METHODS") + ["natural"]:
             cfg = load_config(ROOT / "configs" / m / f"{ds}.yaml")  # parses and validates
@@ -63,7 +63,7 @@ def test_seed000_figures_from_result_files(tmp_path):
             per = {"index": list(range(10)),  # per-point distances: step-2 is 2 above the teacher on every point
                    "min_distance": {"cw-l0:steps=30,lr=0.05": [10.0 + i + t + k % 3 for k in range(10)]}}
             (d / "cw.json").write_text(json.dumps({"min_perturbation": mp, "per_sample": per}))
-    r = subprocess.run([sys.executable, str(ROOT / "leaderboards" / "recipes" / "seed000_figures.py"), str(runs),
+    r = subprocess.run([sys.executable, str(ROOT / "recipes" / "seed000_figures.py"), str(runs),
                         str(out), "--temps", "1", "5", "20"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((out / "summary.csv").open()))
@@ -114,7 +114,7 @@ def _chain(runs, temps, last_link):
 
 def _multistep_verdict(tmp_path, name, temps, last_link):
     """The cw-l0 multi-step claim decided in-process by the figure script's load() and claims()."""
-    spec = importlib.util.spec_from_file_location("seed000_figures", ROOT / "leaderboards" / "recipes" /
+    spec = importlib.util.spec_from_file_location("seed000_figures", ROOT / "recipes" /
                                                   "seed000_figures.py")
     fig = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fig)

@@ -57,7 +57,7 @@ def _bdims(t: torch.Tensor) -> torch.Tensor:
 def cw_l2(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, c0: float = 1e-3,
           kappa: float = 0.0, steps: int = 1000, binary_steps: int = 9, lr: float = 1e-2, abort_early: bool = True
           ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CW-L2 with a per-image binary search over c (methods.md 11.1)."""
+    """CW-L2 with a per-image binary search over c (docs/methods.md §11.1)."""
     b = len(x)
     w0 = _atanh(x)
     lower = torch.zeros(b, device=x.device)
@@ -102,7 +102,7 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tenso
 def cw_linf(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, c0: float = 1e-5,
             c_max: float = 20.0, steps: int = 1000, lr: float = 5e-3, decrease: float = 0.9, kappa: float = 0.0,
             const_factor: float = 2.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CW-L-inf (methods.md 11.3), batched: each image has its own tau, c and warm start."""
+    """CW-L-inf (docs/methods.md §11.3), batched: each image has its own tau, c and warm start."""
     b, dev = len(x), x.device
     w_x = x
     tau = torch.ones(b, device=dev)
@@ -158,7 +158,7 @@ def cw_l0(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tenso
           c_max: float = 2e6, steps: int = 1000, lr: float = 1e-2, const_factor: float = 2.0,
           reduce_const: bool = False, kappa: float = 0.01, max_rounds: Optional[int] = None
           ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CW-L0 (methods.md 11.2), batched.  Pixels (all channels at once) are frozen to the
+    """CW-L0 (docs/methods.md §11.2), batched.  Pixels (all channels at once) are frozen to the
     original after each successful L2 solve, least useful first, until the solve fails; the
     result is the last success.  L0 counts changed pixels."""
     b, ch, h, wd = x.shape

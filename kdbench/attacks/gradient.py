@@ -1,6 +1,6 @@
 """Gradient attacks with a fixed budget: FGSM, PGD (L-inf / L2), BIM, MI-FGSM (torchattacks by
 default, ART where it has them) and CW-inf, PGD on the Carlini-Wagner margin (native: no library
-has it; methods.md 2.4).  Defaults are the seed papers': PGD-20 with step eps/4."""
+has it; docs/methods.md §2.4).  Defaults are the seed papers': PGD-20 with step eps/4."""
 from __future__ import annotations
 
 from ..adapters.art import art_run

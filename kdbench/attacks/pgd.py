@@ -1,4 +1,4 @@
-"""Projected gradient ascent for training-time inner maximisation (methods.md 0.3).
+"""Projected gradient ascent for training-time inner maximisation (docs/methods.md §0.3).
 
 This is the attack *inside* training (PGD-AT, TRADES and every distillation method); it is
 deliberately small and native so each method's exact variant (loss, start, steps, step, mode)
@@ -66,7 +66,7 @@ def ce_pgd(student, x, y, attack, train_mode: bool, start: str, clip_start: bool
 
 def cw_margin_pgd(eps, step_size, steps, kappa):
     """CW-inf of the distillation papers: L-inf PGD (uniform start) maximising the Carlini-Wagner
-    margin  max_{j != y} Z_j - Z_y, capped at kappa (methods.md 2.4; IAD's basic_eval.py)."""
+    margin  max_{j != y} Z_j - Z_y, capped at kappa (docs/methods.md §2.4; IAD's basic_eval.py)."""
     def run(model, x, y):
         def objective(xa):
             z = model(xa)

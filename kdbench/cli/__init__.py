@@ -134,6 +134,9 @@ def _add_leaderboard(sub):
     p.add_argument("--title", help="markdown title")
     p.add_argument("--checkpoints",
                    help="copy each row's checkpoint (< 1 MB), config and metrics into DIR/<run dir>/")
+    p.add_argument("--checkpoint-store", metavar="STORE",
+                   help="with --checkpoints: DIR/<run dir>/ holds config, metrics and best.sha256, the weights "
+                        "go to STORE/<sha256>.safetensors (content-addressed, shared across boards)")
     p.add_argument("--results", help="write each row's primary result JSON to DIR/<name>.json")
     p.add_argument("--plots", help="write pareto.png and student_vs_teacher.png into DIR")
     p.set_defaults(func=cmd_leaderboard)
@@ -160,8 +163,10 @@ def cmd_leaderboard(args) -> int:
             res = by_key.get(row["result_key"])
             if res is not None:
                 (d / f"{row['name']}.json").write_text(json.dumps(res.to_dict()))
+    if args.checkpoint_store and not args.checkpoints:
+        raise KdbenchError("--checkpoint-store goes with --checkpoints DIR")
     if args.checkpoints:
-        lb.export_checkpoints(rows, args.checkpoints)
+        lb.export_checkpoints(rows, args.checkpoints, store=args.checkpoint_store)
     lb.print_rows(rows)
     if args.plots:
         for p in lb.plot(rows, args.plots):

@@ -1,7 +1,6 @@
 """``kdbench evaluate``: the CLI over :func:`kdbench.evaluate.evaluate`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import KdbenchError

@@ -15,7 +15,6 @@ Each reader returns ``(x, y)`` as NumPy arrays: ``x`` uint8 NHWC (or NHW for gre
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 from pathlib import Path
 from typing import Dict, List, Tuple

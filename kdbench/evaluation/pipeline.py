@@ -30,16 +30,16 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..version import __version__
-from ..data import Dataset, get_dataset, index_hash
-from ..device import resolve_device
-from ..errors import KdbenchError
 from .. import distributed as ddist
-from . import metrics, validity
-from .result import (AttackResult, DatasetProvenance, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
-                     PerSample, Provenance, RunConfig, Sensitivity, Validity, WorstCase, WorstClass, from_json)
 from ..attacks.registry import Attack, build_attack, within_budget
 from ..attacks.suites import suite as suite_specs
+from ..data import Dataset, get_dataset
+from ..device import resolve_device
+from ..errors import KdbenchError
+from ..version import __version__
+from . import metrics, validity
+from .result import (AttackResult, DatasetProvenance, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
+                     PerSample, Provenance, RunConfig, Sensitivity, Validity, WorstCase, WorstClass, from_json, to_json)
 
 
 
@@ -211,17 +211,11 @@ def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, 
     # Stored per-chunk outcomes are keyed by model, points and settings; without --cascade an attack's
     # outcome does not depend on the other attacks, so the attack list stays out of the key and a
     # later suite on the same points (standard after quick) reuses every attack already run.
-    key_src = {"model": (provenance or {}).get("model"), "data": _json_of(p.data), "eps": p.eps, "norm": p.norm,
+    key_src = {"model": (provenance or {}).get("model"), "data": to_json(p.data), "eps": p.eps, "norm": p.norm,
                "seed": seed, "cascade": cascade, "chunk_size": chunk_size, "batch_size": batch_size,
                **({"attacks": [(a.key, a.params) for a in built]} if cascade else {})}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return Session(model, counted, dev, dinfo, num_classes, built, key, x)
-
-
-def _json_of(obj):
-    from .result import to_json
-
-    return to_json(obj)
 
 
 def _slot(a: Attack) -> str:

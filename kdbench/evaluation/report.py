@@ -33,8 +33,8 @@ def print_table(r: EvalResult) -> None:
     c.print(t)
     for name, a in r.attacks.items():
         if a.composition:
-            parts = [f"{k} ({'reused' if v['reused_chunks'] and not v['attacked_points'] else 'run on ' + str(v['attacked_points']) + ' points'})"
-                     for k, v in a.composition.items()]
+            parts = [f"{k} (reused)" if v["reused_chunks"] and not v["attacked_points"] else
+                     f"{k} (run on {v['attacked_points']} points)" for k, v in a.composition.items()]
             c.print(f"{name}: AutoAttack standard composed per point from {', '.join(parts)}")
     if r.min_perturbation:
         m = Table(title="minimal perturbation (rho_adv, over clean-correct points)")

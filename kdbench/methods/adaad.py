@@ -1,4 +1,4 @@
-"""AdaAD -- Adaptive Adversarial Distillation (Huang et al., CVPR 2023; methods.md 5).
+"""AdaAD -- Adaptive Adversarial Distillation (Huang et al., CVPR 2023; docs/methods.md §5).
 
 Inner: maximise sum KL(softmax(T(x')) || softmax(S(x'))) with **both models on x'** and the
 gradient flowing through both; both in eval; start x + 0.001 N(0, I) unclipped; 10 steps of

@@ -1,5 +1,5 @@
 """AGKD-BML -- attention-guided knowledge distillation and bi-directional metric learning
-(Wang et al., ICCV 2021; seed 003; methods.md 9).
+(Wang et al., ICCV 2021; seed 003; docs/methods.md §9).
 
 Inner, both attacks with the student in eval, uniform start, 10 sign steps of eps/4:
 forward AE x1' aimed at the most confusing class y_mc = argmax_{c != y} S(x1)_c (minimise

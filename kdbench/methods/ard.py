@@ -1,4 +1,4 @@
-"""ARD -- Adversarially Robust Distillation (Goldblum et al., AAAI 2020; methods.md 1).
+"""ARD -- Adversarially Robust Distillation (Goldblum et al., AAAI 2020; docs/methods.md §1).
 
 Inner: student CE (summed) PGD, 10 steps of eps/4, uniform start *not* clipped, the student
 in **train** mode (official ``main.py``: BN statistics update during the attack).

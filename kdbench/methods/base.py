@@ -15,7 +15,7 @@ METHODS = Registry("method")
 
 @dataclass
 class InnerMaxConfig:
-    """The training-time inner maximisation budget (methods.md 0.3)."""
+    """The training-time inner maximisation budget (docs/methods.md §0.3)."""
     eps: float
     step_size: float
     steps: int

@@ -1,5 +1,5 @@
 """DARHT -- Distilling Adversarial Robustness using Heterogeneous Teachers (Deng et al. 2024;
-seed 001; methods.md 6 and 7.5).
+seed 001; docs/methods.md §6 and 7.5).
 
 Student: any kdbench architecture with the STF head (:class:`kdbench.models.stf.STFStudent`):
 feature -> dropout -> J x C student-teacher feature map -> logits, Monte-Carlo dropout averaged
@@ -10,7 +10,7 @@ CE (mean) PGD in eval mode, start x + 0.001 N(0, I), 10 steps of 0.003 at eps 0.
 for other eps); otherwise the clean batch is used.  Teachers see the same batch as the student.
 Outer (Eq. 1): CE(S(x~), y) + sum_j w_j KL(S^(T_j)(x~) || T_j(x~)), w = softmax(-CE_j).
 
-Switches for the released code (methods.md 6.3-6.6): ``normalise_weights: false`` (w_j = exp(-CE_j)),
+Switches for the released code (docs/methods.md §6.3-6.6): ``normalise_weights: false`` (w_j = exp(-CE_j)),
 ``kl_direction: teacher`` (KL(T_j || S^(T_j))), ``phases: [50, 118]`` (CE only, then CE + KD, then
 KD only), ``skip_ce: 8`` (skip a batch whose student CE exceeds 8), ``teacher_train_mode: true``
 (teachers left in train mode: one implicit dropout sample per step, BN on batch statistics)."""

@@ -1,4 +1,4 @@
-"""Defensive distillation (Papernot et al., S&P 2016; methods.md 8.1, seed 000).
+"""Defensive distillation (Papernot et al., S&P 2016; docs/methods.md §8.1, seed 000).
 
 Without a teacher: train at temperature T on hard labels (the distillation *teacher*).
 With a teacher: train at T on the teacher's soft labels softmax(Z_T(x) / T) (the *student*).

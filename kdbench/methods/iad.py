@@ -1,4 +1,4 @@
-"""IAD -- Introspective Adversarial Distillation (Zhu et al., ICLR 2022; methods.md 2).
+"""IAD -- Introspective Adversarial Distillation (Zhu et al., ICLR 2022; docs/methods.md §2).
 
 Inner: as ARD (student CE, summed, train mode, uniform start unclipped).
 IAD-I  (one teacher): ARD with tau = 1 and batchmean, plus from epoch ``begin`` the

@@ -1,4 +1,4 @@
-"""MTARD -- Multi-Teacher Adversarial Robustness Distillation (Zhao et al., ECCV 2022; methods.md 4).
+"""MTARD -- Multi-Teacher Adversarial Robustness Distillation (Zhao et al., ECCV 2022; docs/methods.md §4).
 
 Teachers: the adversarial teacher first, the natural teacher second.
 Inner: student CE (mean) PGD in eval, start x + 0.001 N(0, I) unclipped, 10 steps of eps/4.

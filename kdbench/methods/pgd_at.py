@@ -1,4 +1,4 @@
-"""PGD adversarial training (Madry et al. 2018; methods.md 10.1, the harness recommendation):
+"""PGD adversarial training (Madry et al. 2018; docs/methods.md §10.1, the harness recommendation):
 inner: CE PGD, 10 steps of eps/4 (2/255 at 8/255), uniform start, model in eval;
 outer: mean CE on x' with the model in train mode."""
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""RSLAD -- Robust Soft Label Adversarial Distillation (Zi et al., ICCV 2021; methods.md 3).
+"""RSLAD -- Robust Soft Label Adversarial Distillation (Zi et al., ICCV 2021; docs/methods.md §3).
 
 Inner: maximise sum KL(softmax(T(x)) || softmax(S(x'))) -- the teacher's *clean* soft label,
 computed once -- with the student in eval, start x + 0.001 N(0, I) unclipped, 10 steps of

@@ -1,5 +1,5 @@
 """SmaraAD and SmaraAD++ -- slack matching and attribution-region alignment (Yin et al., CVPR 2024;
-seed 002; methods.md 7.4).  No training code was released; this follows the paper.
+seed 002; docs/methods.md §7.4).  No training code was released; this follows the paper.
 
 Inner (Eq. 8): maximise KL(T(x') || S(x')) + L_align(x') with **both models on x'** and the gradient
 through both (as AdaAD), both in eval, start x + 0.001 N(0, I), 10 steps of eps/4.

@@ -1,4 +1,4 @@
-"""Teacher-assistant distillation: one link of a chain (methods.md 8.2-8.4).
+"""Teacher-assistant distillation: one link of a chain (docs/methods.md §8.2-8.4).
 
 ``loss: dd`` (default): the defensive-distillation loss at temperature T from the previous
 model's soft labels -- the same-architecture chains of Mandal & Gao (seed 000), where

@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al. 2019; methods.md 10.2).
+"""TRADES (Zhang et al. 2019; docs/methods.md §10.2).
 Inner: sum KL(f(x) || f(x')) with the model in eval, start x + 0.001 N(0, I), 10 steps of
 0.007 at eps 0.031 (step = 0.226 eps), project then clip.  Outer (train mode):
 CE(f(x), y) + beta * batchmean KL(f(x) || f(x')), beta = 6, target not detached.

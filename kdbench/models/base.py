@@ -8,11 +8,28 @@ penultimate embedding, ``classifier`` the final ``nn.Linear``; ``forward(x)`` re
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+
+from ..registry import Registry
+
+MODELS = Registry("model")  # name -> factory(num_classes, in_channels, input_size, **kwargs)
+# (pattern, make) pairs: a name matching the pattern is built by make(match) -> factory (``wrn-D-W``)
+MODEL_PATTERNS: List[Tuple["re.Pattern", Callable]] = []
+
+
+def register_model_pattern(pattern: str):
+    """Register a family of names: ``@register_model_pattern(r"^wrn-(\\d+)-(\\d+)$")`` over a
+    function of the match returning the factory."""
+    def deco(make):
+        MODEL_PATTERNS.append((re.compile(pattern), make))
+        return make
+
+    return deco
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import KDModel, Normalize
+from .base import MODELS, KDModel, Normalize
 
 
 class Block(nn.Module):
@@ -29,6 +29,7 @@ class Block(nn.Module):
         return out + self.shortcut(x) if self.stride == 1 else out
 
 
+@MODELS.register("mobilenetv2", "mobilenet-v2")
 class MobileNetV2(KDModel):
     # (expansion, out_planes, num_blocks, stride)
     cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import KDModel, Normalize
+from .base import MODELS, KDModel, Normalize
 
 
 class BasicBlock(nn.Module):
@@ -80,9 +80,11 @@ class _ResNet(KDModel):
         return F.relu(self.bn(x)) if self.preact else x
 
 
+@MODELS.register("resnet18", "resnet-18")
 def resnet18(num_classes=10, in_channels=3, input_size=32, mean=None, std=None):
     return _ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, False, mean, std)
 
 
+@MODELS.register("preact-resnet18", "preactresnet18", "preact-resnet-18")
 def preact_resnet18(num_classes=10, in_channels=3, input_size=32, mean=None, std=None):
     return _ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, True, mean, std)

@@ -5,13 +5,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import KdbenchError
-from .base import KDModel, Normalize
+from .base import MODELS, KDModel, Normalize
 
 
 def _conv_bn(cin, cout):
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
+@MODELS.register("smallcnn", "small-cnn")
 class SmallCNN(KDModel):
     """Fast CPU CNN (about 0.1 M parameters, < 0.5 MB): three conv-BN-ReLU stages with two
     2x2 max-pools, global average pooling and a linear classifier (a CAM-ready layout)."""
@@ -29,9 +30,10 @@ class SmallCNN(KDModel):
         return self.body(self.normalize(x))
 
 
+@MODELS.register("cwnet", "papernot", "cw-9layer")
 class CWNet(KDModel):
     """The 9-layer net of Papernot et al. (2016) as trained by Carlini & Wagner
-    (seed 000, section IV-B; methods.md 8.1): conv(a) conv(a) pool conv(b) conv(b) pool
+    (seed 000, section IV-B; docs/methods.md §8.1): conv(a) conv(a) pool conv(b) conv(b) pool
     dense(d) dropout(0.5) dense(d) dense(C), 3x3 valid convolutions, ReLU.
     MNIST: a, b, d = 32, 64, 200.  CIFAR: 64, 128, 256."""
 

@@ -1,5 +1,5 @@
 """DARHT's student with a student-teacher feature map (STF) head (seed 001, section 3;
-methods.md 6.1, 6.4, 7.5).
+docs/methods.md §6.1, 6.4, 7.5).
 
 The backbone's penultimate feature h goes through dropout, then ``stf`` (h -> J*C: block j of
 C entries represents teacher j's logits), then ``head`` (J*C -> C logits), with no

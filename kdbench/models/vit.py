@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import KdbenchError
-from .base import KDModel, ModelOutput, Normalize
+from .base import MODELS, KDModel, ModelOutput, Normalize
 
 
 class Block(nn.Module):
@@ -26,6 +26,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@MODELS.register("vit", "vit-small")
 class ViT(KDModel):
     def __init__(self, num_classes=10, in_channels=3, input_size=32, patch_size=None, dim=64, depth=4, heads=4,
                  mlp_dim=128, dropout=0.1, mean=None, std=None):

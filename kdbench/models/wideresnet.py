@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import KdbenchError
-from .base import KDModel, Normalize
+from .base import MODELS, KDModel, Normalize, register_model_pattern
 
 
 class BasicBlock(nn.Module):
@@ -46,6 +46,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
+@MODELS.register("wideresnet", "wrn")
 class WideResNet(KDModel):
     def __init__(self, depth=34, widen_factor=10, num_classes=10, in_channels=3, input_size=32,
                  drop_rate=0.0, sub_block1=False, mean=None, std=None):
@@ -77,3 +78,13 @@ class WideResNet(KDModel):
     def features(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(self.normalize(x)))))
         return self.relu(self.bn1(out))
+
+
+for _d, _w in ((28, 10), (34, 10), (34, 20), (70, 16)):  # the robustness literature's, listed by name
+    MODELS.register(f"wrn-{_d}-{_w}")(lambda _d=_d, _w=_w, **kw: WideResNet(depth=_d, widen_factor=_w, **kw))
+
+
+@register_model_pattern(r"^wrn-(\d+)-(\d+)$")
+def _wrn(m):
+    """``wrn-D-W``: any depth and width."""
+    return lambda **kw: WideResNet(depth=int(m.group(1)), widen_factor=int(m.group(2)), **kw)

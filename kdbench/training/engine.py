@@ -14,7 +14,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from ..version import __version__
 from ..attacks.pgd import mode, pgd
-from ..config import DATASET_DEFAULTS, TrainConfig, config_from_dict, merge
+from ..config import TrainConfig, config_from_dict, merge
 from ..data import Dataset, ImageSet, epoch_generator, get_dataset, index_hash, iterate, shard_indices
 from ..device import resolve_device
 from ..errors import KdbenchError
 from ..methods import InnerMaxConfig, get_method
-from ..models import build_model, unwrap
+from ..models import build_model
 from ..specs import resolve_model
 from ..weights import atomic_write, save_weights
 from .. import distributed as ddist
@@ -36,7 +36,7 @@ from .. import rundir
 
 def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
     """Fill dataset- and method-dependent defaults (model, epochs, eps, step size, milestones)."""
-    defaults = DATASET_DEFAULTS.get(dataset.info.name, {"model": "smallcnn", "epochs": 10})
+    defaults = dataset.info.train_defaults  # each dataset's own (kdbench.data.datasets)
     over = {}
     if cfg.model is None:
         over["model"] = defaults["model"]
