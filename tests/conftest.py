@@ -23,8 +23,22 @@ class ModeSpy(torch.nn.Module):
         return self.inner(x)
 
 
+_CURRENT = {}
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    _CURRENT["node"] = request.node
+    yield
+    _CURRENT.pop("node", None)
+
+
 def run_cli(*args, timeout=600, env=None):
-    """Run ``python -m kdbench ARGS``; returns the CompletedProcess (text)."""
+    """Run ``python -m kdbench ARGS``; returns the CompletedProcess (text).  Only tests marked
+    ``@pytest.mark.subprocess`` may (``-m "not subprocess"`` then runs the in-process suite)."""
+    node = _CURRENT.get("node")
+    assert node is None or node.get_closest_marker("subprocess"), \
+        f"{node.nodeid} runs a subprocess: mark it @pytest.mark.subprocess"
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "kdbench", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=e, cwd=str(ROOT))

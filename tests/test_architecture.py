@@ -131,3 +131,84 @@ def test_public_api_at_the_top_level(digits_teacher):
     x, y = ds.test.images(torch.arange(16)), ds.test.y[:16]
     res = kdbench.evaluate(model, x, y, attacks=["fgsm"], eps=0.1, checks=False, sensitivity=False)
     assert res.n == 16 and 0 <= res.robust_accuracy("fgsm") <= res.clean_accuracy <= 1
+
+
+PLUGINS = {  # one file per kind of extension (docs/architecture.md, "Where to add")
+    "my_dataset.py": '''
+import torch
+from kdbench.data import DATASETS, Dataset, DatasetInfo, ImageSet, get_dataset
+
+@DATASETS.register("{tag}-digits64")
+def digits64(data_dir=None, download=True):
+    d = get_dataset("digits")
+    return Dataset(DatasetInfo("{tag}-digits64", 10, 1, 8, 0.1), d.test.subset(torch.arange(64)),
+                   d.train.subset(torch.arange(64)))
+''',
+    "my_model.py": '''
+import torch.nn as nn
+from kdbench.models import MODELS
+
+@MODELS.register("{tag}-linear")
+def linear(num_classes, in_channels, input_size):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size * input_size, num_classes))
+''',
+    "my_method.py": '''
+import torch.nn.functional as F
+from kdbench.methods import METHODS, Method
+from kdbench.attacks.pgd import ce_pgd
+
+@METHODS.register("{tag}-at")
+class MyAT(Method):
+    name = "{tag}-at"
+    params = {{"weight": 1.0}}
+
+    def perturb(self, student, x, y):
+        return ce_pgd(student, x, y, self.attack, train_mode=False, start="uniform", clip_start=True)
+
+    def loss(self, student, x, x_adv, y):
+        s_adv = student(x_adv)
+        return self.p["weight"] * F.cross_entropy(s_adv, y), s_adv
+''',
+    "my_attack.py": '''
+import torch
+from kdbench import register_attack
+
+@register_attack("{tag}-corner", norms=("Linf",))
+def corner(eps, norm, seed, num_classes, sign=1.0):
+    def run(model, x, y):
+        return (x + sign * eps).clamp(0, 1)
+    return run
+''',
+}
+
+
+def test_one_file_adds_a_dataset_model_method_and_attack(tmp_path, monkeypatch):
+    """Each kind of extension is one file that registers itself: nothing else is edited."""
+    import importlib
+    import uuid
+
+    import torch
+
+    tag = f"x{uuid.uuid4().hex[:6]}"
+    for name, src in PLUGINS.items():
+        (tmp_path / name).write_text(src.replace("{tag}", tag).replace("{{", "{").replace("}}", "}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in PLUGINS:
+        importlib.import_module(name[:-3])
+
+    from kdbench import evaluate, load_model, train
+    from kdbench.config import TrainConfig
+    from kdbench.data import get_dataset
+
+    cfg = TrainConfig(method=f"{tag}-at", dataset=f"{tag}-digits64", model=f"{tag}-linear", epochs=1, batch_size=32)
+    cfg.eval.n, cfg.eval.pgd_steps = 32, 2
+    history = train(cfg, tmp_path / "run", progress=False)
+    assert len(history) == 1 and 0 <= history[0]["clean_acc"] <= 1
+    model = load_model(str(tmp_path / "run"))
+    ds = get_dataset(f"{tag}-digits64")
+    res = evaluate(model, dataset=ds, attacks=[f"{tag}-corner", f"{tag}-corner:sign=-1"], checks=False,
+                   sensitivity=False)
+    assert res.n == 64 and set(res.attacks) == {f"{tag}-corner", f"{tag}-corner:sign=-1"}
+    assert res.attacks[f"{tag}-corner"].params == {"eps": 0.1, "sign": 1.0}
+    assert all(a.robust_accuracy <= res.clean_accuracy for a in res.attacks.values())
+    assert isinstance(model, torch.nn.Module)

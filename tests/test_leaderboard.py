@@ -126,6 +126,7 @@ def test_check_paired_unpaired_tolerance_and_flags(tmp_path):
         check(same, base, metric="square")
 
 
+@pytest.mark.subprocess
 def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
     db, run = tmp_path / "r.db", digits_teacher
     r = run_cli("evaluate", "--model", run, "--n", 150, "--attacks", "fgsm,pgd", "--db", db, "--no-checks",

@@ -19,6 +19,7 @@ RESULTS = BOARD_DIR / "results"
 GATED = ["pgd-at"]  # rows re-evaluated on every CI run
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name", GATED)
 def test_committed_row_reproduces(name, tmp_path):
     row = {r["name"]: r for r in read_csv(BOARD)}[name]
@@ -37,3 +38,25 @@ def test_committed_row_reproduces(name, tmp_path):
         assert r.returncode == 0 and "shared points" in r.stdout, r.stdout + r.stderr
     r = run_cli("check", out, "--baseline", BOARD, "--metric", "pgd")
     assert r.returncode == 0 and "no regression" in r.stdout, r.stdout + r.stderr
+
+
+def test_committed_board_rebuilds_from_its_store(tmp_path):
+    """The board's CSV is what its committed results store gives (no re-evaluation), and every
+    row's checkpoint is the stored file its sha256 names."""
+    import shutil
+
+    from kdbench.evaluation.store import ResultStore
+    from kdbench.leaderboard import build_rows
+    from kdbench.weights import sha256_file
+
+    committed = read_csv(BOARD)
+    shutil.copyfile(BOARD_DIR / "results.db", tmp_path / "results.db")  # read a copy: the committed file stays
+    rows = build_rows(ResultStore(tmp_path / "results.db").results(), dataset="fashion-mnist")
+    assert [r["name"] for r in rows] == [r["name"] for r in committed]
+    for new, old in zip(rows, committed):
+        for k, v in new.items():
+            if k != "checkpoint":
+                assert str("" if v is None else v) == old[k], (old["name"], k)
+        assert old["checkpoint"] == f"leaderboards/checkpoints/{old['sha256']}.safetensors"
+    for old in committed[:3]:
+        assert sha256_file(ROOT / old["checkpoint"]) == old["sha256"]

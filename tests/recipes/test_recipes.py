@@ -17,6 +17,7 @@ from kdbench.methods import METHODS
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_is_valid_shell(path):
     r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
@@ -46,6 +47,7 @@ def test_recipes_name_registered_methods_and_existing_configs():
             assert load_config(ROOT / "configs" / m / f"{ds}.yaml").method == m
 
 
+@pytest.mark.subprocess
 def test_seed000_figures_from_result_files(tmp_path):
     """The seed-000 figure script reads each model's acc.json / cw.json (kdbench evaluate's
     format), writes one summary row per temperature and chain position, draws the six figures,

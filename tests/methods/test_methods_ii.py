@@ -267,6 +267,7 @@ def test_distillation_metrics_of_a_model_against_itself(digits_teacher, digits):
     assert 0.5 < d["knn"]["clean"] <= 1 and d["knn"]["pgd"] < d["knn"]["clean"]
 
 
+@pytest.mark.subprocess
 def test_evaluate_cli_reports_distillation_metrics(teachers, tmp_path):
     import json
 

@@ -254,6 +254,7 @@ def test_bad_inputs(default_model):
             evaluate(default_model, device="cpu", **kw)
 
 
+@pytest.mark.subprocess
 def test_cli_default_and_bad_input(tmp_path):
     db, out = tmp_path / "k.db", tmp_path / "r.json"
     res = run_cli("evaluate", "--n", "60", "--attacks", "fgsm,pgd:steps=5", "--db", db, "--out", out,
@@ -277,6 +278,7 @@ def test_cli_default_and_bad_input(tmp_path):
     assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1  # only the good run
 
 
+@pytest.mark.subprocess
 def test_torchrun_shards_equal_single_process(tmp_path):
     args = ["evaluate", "--num-points", "120", "--attacks", "fgsm,pgd:steps=5,apgd-ce", "--chunk-size", "40", "--db", "",
             "--no-progress"]

@@ -62,6 +62,7 @@ def test_resolved_defaults_follow_methods_md(digits):
     assert lr_at(cfg, 4) == pytest.approx(0.05)
 
 
+@pytest.mark.subprocess
 def test_clean_only_monitor(digits, tmp_path):
     """eval.pgd_steps = 0: the monitor skips PGD (models selected on clean accuracy); selecting on
     pgd without PGD steps is a config error."""
@@ -100,6 +101,7 @@ def test_holdout_monitor_split(digits):
         resolve_config(TrainConfig(dataset="digits", eval=EvalConfig(split="val")), digits)
 
 
+@pytest.mark.subprocess
 def test_holdout_monitor_run_records_and_measures_held_out_images(digits, tmp_path):
     """A run monitored on held-out training images: its recorded clean accuracy is the best
     model's accuracy on exactly those images, and config.yaml names the split and its hash."""
@@ -139,6 +141,7 @@ def _train_args(out, epochs=3, method="pgd-at"):
             "--out", out, "--no-progress", "--seed", "7"]
 
 
+@pytest.mark.subprocess
 def test_kill9_then_resume_gives_identical_weights(tmp_path):
     ref = run_cli(*_train_args(tmp_path / "ref", method="trades"))  # not the default method
     assert ref.returncode == 0, ref.stderr
@@ -167,6 +170,7 @@ def test_kill9_then_resume_gives_identical_weights(tmp_path):
     assert [r["pgd_acc"] for r in ra] == [r["pgd_acc"] for r in rb]
 
 
+@pytest.mark.subprocess
 def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",

@@ -14,6 +14,7 @@ def _one_line_error(res, *needles):
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.subprocess
 def test_bad_train_inputs(tmp_path, digits_teacher):
     out = tmp_path / "r"
     _one_line_error(run_cli("train", "--method", "nosuch", "--dataset", "digits", "--out", out), "unknown method")
@@ -40,6 +41,7 @@ def test_bad_train_inputs(tmp_path, digits_teacher):
     assert not (out / "state.pt").exists()
 
 
+@pytest.mark.subprocess
 def test_teacher_class_count_mismatch(tmp_path, digits_teacher):
     rng = np.random.RandomState(0)
     npz = tmp_path / "three.npz"
@@ -50,11 +52,13 @@ def test_teacher_class_count_mismatch(tmp_path, digits_teacher):
     _one_line_error(res, "outputs 10 classes", "has 3")
 
 
+@pytest.mark.subprocess
 def test_existing_run_needs_resume(tmp_path, digits_teacher):
     res = run_cli("train", "--method", "pgd-at", "--dataset", "digits", "--out", digits_teacher)
     _one_line_error(res, "already holds a run", "--resume")
 
 
+@pytest.mark.subprocess
 def test_list_and_help():
     res = run_cli("list")
     assert res.returncode == 0 and "pgd-at" in res.stdout and "fashion-mnist" in res.stdout
@@ -62,6 +66,7 @@ def test_list_and_help():
     assert run_cli("--help").returncode == 0
 
 
+@pytest.mark.subprocess
 def test_plugins_register_user_methods(tmp_path):
     (tmp_path / "myplug.py").write_text(
         "from kdbench.methods import METHODS\nfrom kdbench.methods.pgd_at import PGDAT\n\n"
