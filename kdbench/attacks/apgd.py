@@ -41,23 +41,24 @@ def apgd_ce(eps, norm, seed, num_classes, backend, steps=100, n_restarts=1):
     return Built(run, {"eps": eps, "steps": steps, "n_restarts": n_restarts})
 
 
+def _targeted(name, cls_name, eps, norm, seed, num_classes, backend, steps, n_restarts) -> Built:
+    """APGD-T and FAB-T: AutoAttack's component, or torchattacks' class of the same attack."""
+    if backend == "autoattack":
+        return _aa_component(name, eps, norm, seed, num_classes)
+    run = torchattacks_run(cls_name, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, n_classes=num_classes,
+                           seed=seed)
+    return Built(run, {"eps": eps, "steps": steps, "n_restarts": n_restarts})
+
+
 @register_attack("apgd-t", backends=("autoattack", "torchattacks"), builtin=True, min_classes=4,
                  backend_defaults={"autoattack": {}})
 def apgd_t(eps, norm, seed, num_classes, backend, steps=100, n_restarts=1):
-    if backend == "autoattack":
-        return _aa_component("apgd-t", eps, norm, seed, num_classes)
-    run = torchattacks_run("APGDT", norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, n_classes=num_classes,
-                           seed=seed)
-    return Built(run, {"eps": eps, "steps": steps, "n_restarts": n_restarts})
+    return _targeted("apgd-t", "APGDT", eps, norm, seed, num_classes, backend, steps, n_restarts)
 
 
 @register_attack("fab", backends=("autoattack", "torchattacks"), builtin=True, backend_defaults={"autoattack": {}})
 def fab(eps, norm, seed, num_classes, backend, steps=100, n_restarts=1):
-    if backend == "autoattack":
-        return _aa_component("fab", eps, norm, seed, num_classes)
-    run = torchattacks_run("FAB", norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, n_classes=num_classes,
-                           seed=seed)
-    return Built(run, {"eps": eps, "steps": steps, "n_restarts": n_restarts})
+    return _targeted("fab", "FAB", eps, norm, seed, num_classes, backend, steps, n_restarts)
 
 
 @register_attack("square", backends=("autoattack", "torchattacks", "art"), builtin=True, white_box=False,

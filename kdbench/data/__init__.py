@@ -1,12 +1,6 @@
-"""Datasets (a registry): every dataset yields unnormalised images in [0, 1] (NCHW), knows its
-class count, its default L-inf budget and its train augmentation, and gives deterministic
-evaluation subsets whose index hash is recorded.
-
-Specs accepted by :func:`get_dataset`: a registered name (``digits``, ``mnist5k``,
-``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn``, ``tiny-imagenet``),
-``npz:PATH`` for user data and ``folder:PATH`` for an ImageFolder tree with ``train/`` and
-``test/`` (or ``val/``) sub-folders.
-"""
+"""Data: the types (:mod:`.types`), on-disk format readers (:mod:`.formats`), the dataset
+registry and loaders (:mod:`.datasets`, which lists the specs :func:`get_dataset` accepts),
+batching (:mod:`.loader`) and augmentation (:mod:`.augment`)."""
 from __future__ import annotations
 
 from . import formats  # noqa: F401

@@ -38,7 +38,7 @@ from ..device import resolve_device
 from ..errors import KdbenchError
 from ..version import __version__
 from . import metrics, validity
-from .result import (AttackResult, DatasetProvenance, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
+from .result import (AttackResult, DatasetProvenance, Distillation, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
                      PerSample, Provenance, RunConfig, Sensitivity, Validity, WorstCase, WorstClass, from_json, to_json)
 
 
@@ -432,10 +432,10 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         if ds is not None and knn_reference and ds.train is not None:
             ridx, _ = ds.eval_indices(min(knn_reference, len(ds.train)), seed=0, split="train")
             train_x, train_y = ds.train.images(ridx), ds.train.y[ridx]
-        result.distillation = distillation_metrics(
+        result.distillation = from_json(Distillation, distillation_metrics(
             s.model, list(teachers), s.x, p.y, eps=p.eps, norm=p.norm, dev=s.dev, batch_size=batch_size, seed=seed,
             train_x=train_x, train_y=train_y, teacher_names=list(teacher_names) if teacher_names else None,
-            tsne_path=tsne)
+            tsne_path=tsne))
     if store is not None and s.dinfo.main:
         result.store_id = store.finish(s.key, result)
     return result

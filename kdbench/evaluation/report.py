@@ -2,7 +2,7 @@
 :class:`~kdbench.evaluation.result.EvalResult`'s attributes."""
 from __future__ import annotations
 
-from .result import EvalResult
+from .result import Distillation, EvalResult
 
 
 def _pct_ci(ci) -> str:
@@ -58,22 +58,22 @@ def print_table(r: EvalResult) -> None:
         c.print(f"stored as result #{r.store_id}")
 
 
-def _print_distillation(c, d: dict) -> None:
-    """The distillation metrics (:func:`kdbench.evaluation.distill.distillation_metrics`'s record)."""
+def _print_distillation(c, d: Distillation) -> None:
+    """The distillation metrics (:func:`kdbench.evaluation.distill.distillation_metrics`)."""
     from rich.table import Table
 
     m = Table(title="distillation metrics (student vs teacher, PGD-20 on the student)")
     for col in ("teacher", "teacher clean", "agree clean", "agree adv", "transfer rate", "transfer-attack acc",
                 "CAM cosine"):
         m.add_column(col, justify="left" if col == "teacher" else "right")
-    for name, v in d["teachers"].items():
-        m.add_row(name, f"{v['teacher_clean_accuracy']:.1%}", f"{v['agreement']['clean']:.1%}",
-                  f"{v['agreement']['adversarial']:.1%}", f"{v['transferability']['rate']:.1%}",
-                  f"{v['transfer_attack']['robust_accuracy']:.1%}", f"{v['cam_similarity']['cosine']:.3f}")
+    for name, v in d.teachers.items():
+        m.add_row(name, f"{v.teacher_clean_accuracy:.1%}", f"{v.agreement.clean:.1%}",
+                  f"{v.agreement.adversarial:.1%}", f"{v.transferability.rate:.1%}",
+                  f"{v.transfer_attack.robust_accuracy:.1%}", f"{v.cam_similarity.cosine:.3f}")
     c.print(m)
-    if "knn" in d:
-        k = d["knn"]
-        c.print(f"k-NN (k={k['k']}, {k['reference']} training images): clean {k['clean']:.1%} "
-                f"(softmax {k['softmax_clean']:.1%}), PGD-20 {k['pgd']:.1%} (softmax {k['softmax_pgd']:.1%})")
-    if "tsne" in d:
-        c.print(f"t-SNE plot: {d['tsne']}")
+    if d.knn is not None:
+        k = d.knn
+        c.print(f"k-NN (k={k.k}, {k.reference} training images): clean {k.clean:.1%} "
+                f"(softmax {k.softmax_clean:.1%}), PGD-20 {k.pgd:.1%} (softmax {k.softmax_pgd:.1%})")
+    if d.tsne is not None:
+        c.print(f"t-SNE plot: {d.tsne}")

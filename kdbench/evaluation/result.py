@@ -152,17 +152,6 @@ class PerSample:
 
 
 @dataclass
-class MinPerturbation:
-    """rho_adv of one minimal-perturbation attack (seed 000 Eq. 12-13)."""
-    norm: str
-    n_attacked: int
-    success_rate: float
-    mean: Optional[float] = None
-    median: Optional[float] = None
-    max: Optional[float] = None
-
-
-@dataclass
 class Flag:
     name: str
     message: str
@@ -180,10 +169,82 @@ class Validity:
 
 
 @dataclass
+class MinPerturbation:
+    """rho_adv of one minimal-perturbation attack (seed 000 Eq. 12-13)."""
+    norm: str
+    n_attacked: int
+    success_rate: float
+    mean: Optional[float] = None
+    median: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass
 class Sensitivity:
     of: str
     mean: float
     fraction_below_1e10: float = field(default=0.0, metadata={"key": "fraction_below_1e-10"})
+
+
+@dataclass
+class Agreement:
+    clean: float
+    adversarial: float
+
+
+@dataclass
+class Transferability:
+    rate: float
+    points: int
+    of: str = ""
+
+
+@dataclass
+class TransferAttack:
+    robust_accuracy: float
+    ci95: Optional[List[float]] = None
+    surrogate: str = ""
+
+
+@dataclass
+class CamSimilarity:
+    cosine: float
+    mse: float
+    cam_class: str = "label"
+    norm: str = "minmax"
+    on: str = ""
+
+
+@dataclass
+class TeacherMetrics:
+    """The student against one teacher (kdbench.evaluation.distill; docs/methods.md)."""
+    teacher_clean_accuracy: float
+    agreement: Agreement
+    transferability: Transferability
+    transfer_attack: TransferAttack
+    cam_similarity: CamSimilarity
+
+
+@dataclass
+class Knn:
+    k: int
+    reference: int
+    clean: float
+    pgd: float
+    softmax_clean: float
+    softmax_pgd: float
+
+
+@dataclass
+class Distillation:
+    """The distillation metrics of a student evaluated with its teachers."""
+    attack: Dict[str, Any]
+    n: int
+    student_clean_accuracy: float
+    student_pgd_accuracy: float
+    teachers: Dict[str, TeacherMetrics] = field(default_factory=dict)
+    knn: Optional[Knn] = _opt()
+    tsne: Optional[str] = _opt()
 
 
 @dataclass
@@ -272,7 +333,7 @@ class EvalResult:
     min_perturbation: Optional[Dict[str, MinPerturbation]] = _opt()
     sensitivity: Optional[Sensitivity] = _opt()
     confidence: Optional[float] = _opt()
-    distillation: Optional[Dict[str, Any]] = _opt()  # kdbench.evaluation.distill's metrics, per teacher
+    distillation: Optional[Distillation] = _opt()
     store_id: Optional[int] = _opt()
 
     # -- JSON --------------------------------------------------------------------------
