@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -128,7 +128,7 @@ class Session:
     model: nn.Module
     counted: CountingModel
     dev: torch.device
-    dinfo: Any
+    dinfo: ddist.DistInfo
     num_classes: int
     attacks: List[Attack]
     key: str
