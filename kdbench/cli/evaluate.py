@@ -1,4 +1,4 @@
-"""``kdbench evaluate``: the CLI over :func:`kdbench.evaluate.evaluate`."""
+"""``kdbench evaluate``: the CLI over :func:`kdbench.evaluation.pipeline.evaluate` (and its report)."""
 from __future__ import annotations
 
 from pathlib import Path
