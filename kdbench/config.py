@@ -51,6 +51,7 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     method: str = "pgd-at"
+    name: Optional[str] = None  # the run's row on leaderboards; None: the run directory's name less -s<seed>
     dataset: str = "digits"
     model: Optional[str] = None  # None -> the dataset's default architecture
     model_kwargs: Dict[str, Any] = field(default_factory=dict)

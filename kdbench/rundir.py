@@ -56,16 +56,19 @@ def run_weights(run_dir, prefer_best: bool = True) -> Path:
 
 def run_summary(run_dir, cfg: dict) -> dict:
     """What a leaderboard needs to know about how a model was trained (carried into results):
-    ``name`` the run directory's (``root/role`` for a chain link) and ``seed`` the run's, both
-    recorded explicitly: a leaderboard row is ``RunInfo.row_name`` of the two, never a parse of a
-    directory name alone.  (Results are keyed by this record: keep it stable.)"""
+    ``name`` the run directory's (``root/role`` for a chain link), ``seed`` the run's and ``row``
+    the config's ``name`` when it has one (``kdbench train --name``): the run's leaderboard row,
+    recorded explicitly.  Runs without one keep the old record, and their row is their name less
+    the ``-s<seed>`` of their own seed (``RunInfo.row_name``).  (Results are keyed by this
+    record: keep it stable.)"""
     import hashlib
 
     hist = []
     mp = Path(run_dir) / METRICS
     if mp.is_file():
         hist = [json.loads(line) for line in mp.read_text().splitlines() if line.strip()]
-    canon = {k: v for k, v in cfg.items() if k not in ("kdbench_version", "resolved", "data_dir", "device")}
+    # the config's hash leaves out what does not change the training: versions, paths, device, the row label
+    canon = {k: v for k, v in cfg.items() if k not in ("kdbench_version", "resolved", "data_dir", "device", "name")}
     name, costed = Path(run_dir).resolve().name, list(hist)
     chain = cfg.get("chain") or {}
     if chain.get("root"):  # a teacher-assistant chain: named after its root, costed with the links before it
@@ -83,7 +86,8 @@ def run_summary(run_dir, cfg: dict) -> dict:
             "train_seconds": sum(h.get("seconds", 0.0) for h in costed),
             "student_forward_images": sum(h.get("student_forward_images", 0) for h in costed),
             "teacher_forward_images": sum(h.get("teacher_forward_images", 0) for h in costed),
-            "config_sha256": hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()}
+            "config_sha256": hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest(),
+            **({"row": cfg["name"]} if cfg.get("name") else {})}
 
 
 def write_config(run_dir, data: dict) -> None:

@@ -86,8 +86,9 @@ student() {  # student METHOD SEED
   for dir in $(echo "$t" | tr ' ' '\n' | grep "^$RUNS/"); do  # never distil from an unfinished teacher
     finished "$dir" || { echo "waiting for $dir: $id-s$s later"; return 0; }
   done
-  if [ "$m" = takd ]; then chain "$RUNS/$id-s$s" --method takd $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra
-  else run "$RUNS/$id-s$s" --method "$m" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra; fi
+  if [ "$m" = takd ]; then
+    chain "$RUNS/$id-s$s" --method takd --name "$id" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra
+  else run "$RUNS/$id-s$s" --method "$m" --name "$id" $COMMON --model smallcnn --epochs 5 --seed "$s" $t $extra; fi
 }
 
 chain() {  # chain ROOT ARGS...: teacher -> assistant -> student under ROOT (ROOT/assistant, ROOT/student)

@@ -32,3 +32,22 @@ def test_restore_refuses_a_tampered_or_missing_checkpoint(digits_teacher, tmp_pa
     (manifest / WEIGHTS_POINTER).unlink()
     with pytest.raises(KdbenchError, match="not a committed run"):
         restore_run(manifest, store, tmp_path / "r")
+
+
+def test_a_runs_row_is_recorded_when_named_and_the_old_record_stays_otherwise(tmp_path):
+    """``kdbench train --name ard`` records the row explicitly; without it the record (and so every
+    store key of the committed runs) is what it was, the row its name less its own seed."""
+    import yaml
+
+    from kdbench.evaluation.result import RunInfo
+    from kdbench.rundir import run_summary
+
+    base = {"method": "ard", "model": "smallcnn", "seed": 2, "epochs": 1, "dataset_info": {}}
+    d = tmp_path / "ard-s2"
+    d.mkdir()
+    (d / "config.yaml").write_text(yaml.safe_dump(base))
+    plain = run_summary(d, base)
+    named = run_summary(d, {**base, "name": "ard-kd"})
+    assert "row" not in plain and RunInfo(**plain).row_name == "ard"
+    assert named["row"] == "ard-kd" and RunInfo(**named).row_name == "ard-kd"
+    assert named["config_sha256"] == plain["config_sha256"]  # a label, not training config

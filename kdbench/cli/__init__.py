@@ -32,6 +32,8 @@ def _add_train(sub):
     p.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     p.add_argument("--config", help="YAML config; flags override it")
     p.add_argument("--seed", type=int)
+    p.add_argument("--name", help="the run's row on leaderboards, shared by its seeds (default: the --out "
+                                  "directory's name less a -s<seed> suffix)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data-dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -55,7 +57,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config) if args.config else TrainConfig()
     over = {"method": args.method, "dataset": args.dataset, "model": args.model, "teachers": args.teachers,
             "epochs": args.epochs, "batch_size": args.batch_size, "optimizer.lr": args.lr, "attack.eps": args.eps,
-            "train_subset": args.train_subset, "seed": args.seed, "device": args.device,
+            "train_subset": args.train_subset, "seed": args.seed, "name": args.name, "device": args.device,
             "data_dir": args.data_dir, "init_from": args.init_from}
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -266,12 +266,15 @@ class RunInfo:
     student_forward_images: Optional[int] = None
     teacher_forward_images: Optional[int] = None
     config_sha256: Optional[str] = None
+    row: Optional[str] = _opt()  # the leaderboard row the run was named for (kdbench train --name)
 
     @property
     def row_name(self) -> str:
-        """The run's leaderboard row: its name less a ``-s<seed>`` suffix that names this run's
-        own recorded seed (``ard-s1`` trained with seed 1 is row ``ard``; a suffix naming another
-        seed is part of the name)."""
+        """The run's leaderboard row: ``row`` when the run was given one; else (runs trained without
+        ``--name``) its name less a ``-s<seed>`` suffix that names this run's own recorded seed
+        (``ard-s1`` trained with seed 1 is row ``ard``; a suffix naming another seed is kept)."""
+        if self.row:
+            return self.row
         suffix = f"-s{self.seed}" if self.seed is not None else None
         return self.name[:-len(suffix)] if suffix and self.name.endswith(suffix) and self.name != suffix \
             else self.name

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from ..config import TrainConfig, merge
 from ..errors import KdbenchError
+from ..methods import get_method
 from ..rundir import link_names
 from .engine import train
 
@@ -38,10 +39,11 @@ def train_chain(cfg: TrainConfig, out, links: int, models: Optional[List[str]] =
         prev = out / "teacher"
         if params.get("loss", "dd") == "dd":
             tcfg = merge(cfg, {**base, "method": "dd", "model": models[0],
-                               "method_params": {"T": params.get("T", 20.0)}})
+                               "method_params": {"T": params.get("T", get_method("takd").params["T"])}})
         else:
             tcfg = merge(cfg, {**base, "method": "natural", "model": models[0]})
         tcfg.chain = {"root": str(out), "links": links, "index": 0, "role": "teacher"}
+        tcfg.name = f"{cfg.name}/teacher" if cfg.name else None
         train(tcfg, prev, resume=resume and (prev / "config.yaml").exists(), progress=progress)
         dirs.append(prev)
         models = models[1:]
@@ -49,6 +51,7 @@ def train_chain(cfg: TrainConfig, out, links: int, models: Optional[List[str]] =
         d = out / name
         lcfg = merge(cfg, {"teachers": [str(prev)], "model": arch})
         lcfg.chain = {"root": str(out), "links": links, "index": i, "role": name, "teacher": str(prev)}
+        lcfg.name = (cfg.name if name == "student" else f"{cfg.name}/{name}") if cfg.name else None
         train(lcfg, d, resume=resume and (d / "config.yaml").exists(), progress=progress)
         dirs.append(d)
         prev = d
