@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from .attacks.registry import entry_of
 from .errors import KdbenchError
 from .evaluation.result import EvalResult
 
@@ -30,8 +31,6 @@ def leaderboard_column(metric: str) -> Optional[str]:
     """The leaderboard CSV column of a metric (attacks: their registry entry's ``column``)."""
     if metric in ("worst_case", "clean"):
         return metric
-    from .attacks.registry import entry_of
-
     e = entry_of(metric)
     return e.column if e is not None and metric == e.name else None
 
@@ -172,9 +171,9 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
         old_flags = base.validity.names
         where = str(bpath)
         paired = paired_outcomes(base, result, flags0, flags1)
-    mismatch = _threat_mismatch(result, bpath)
-    if mismatch:
-        raise KdbenchError(mismatch)
+        mismatch = _threat_mismatch(result, base)
+        if mismatch:
+            raise KdbenchError(mismatch)
     lines = ["## kdbench check", "", f"baseline: {where}", f"result: {result_path}", "",
              "| metric | baseline | result | change | test | verdict |", "|---|---|---|---|---|---|"]
     sides = "two-sided" if two_sided else "one-sided"
@@ -207,10 +206,7 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
     return regressed, "\n".join(lines)
 
 
-def _threat_mismatch(result: EvalResult, bpath: Path) -> Optional[str]:
-    if bpath.suffix.lower() == ".csv":
-        return None
-    base = _load_json(bpath)
+def _threat_mismatch(result: EvalResult, base: EvalResult) -> Optional[str]:
     for k in ("norm", "eps"):
         if getattr(base.config, k) != getattr(result.config, k):
             return (f"baseline and result differ in {k} ({getattr(base.config, k)} vs {getattr(result.config, k)}): "

@@ -27,7 +27,7 @@ import yaml
 from .errors import KdbenchError
 from .attacks.registry import entries
 from .attacks.suites import SUITES
-from .evaluation.result import EvalResult
+from .evaluation.result import EvalResult, ModelProvenance, RunInfo
 
 # (column, attack) from the registry's entries: fgsm, pgd20, cw_inf, autoattack
 ATTACK_COLUMNS = [(e.column, e.name) for e in entries() if e.column]
@@ -152,8 +152,6 @@ def build_rows(results, dataset: Optional[str] = None, threat: Optional[str] = N
 
 def _row(name, ds, norm, eps, primary: EvalResult, seeds: List[EvalResult]) -> dict:
     prov = primary.provenance
-    from .evaluation.result import ModelProvenance, RunInfo
-
     model = prov.model or ModelProvenance()
     run = model.run
     clean = primary.clean_accuracy

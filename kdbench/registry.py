@@ -11,6 +11,8 @@ Usage (the way timm registers models)::
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable, Dict, Iterator, TypeVar
 
 from .errors import KdbenchError
@@ -33,6 +35,10 @@ class Registry:
             return obj
 
         return deco
+
+    def find(self, name: str):
+        """The object registered under ``name``, or None."""
+        return self._items.get(name.lower())
 
     def get(self, name: str):
         try:
@@ -58,3 +64,11 @@ class Registry:
                 seen.add(id(v))
                 out.append(v)
         return out
+
+
+def import_submodules(package: str, path, skip=()) -> None:
+    """Import every module of a package (``__name__``, ``__path__``), so that each file's
+    ``@REGISTRY.register`` runs: adding an entry is adding a file, with no list to edit."""
+    for m in pkgutil.iter_modules(path):
+        if m.name not in skip:
+            importlib.import_module(f"{package}.{m.name}")

@@ -11,13 +11,14 @@ loaded with ``weights_only=True``)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import List
 
 import yaml
 
 from .errors import KdbenchError
-from .weights import atomic_write
+from .weights import atomic_write, sha256_file
 
 CONFIG, LAST, BEST, METRICS, STATE = "config.yaml", "model.safetensors", "best.safetensors", "metrics.jsonl", "state.pt"
 
@@ -111,15 +112,18 @@ def stored_weights(store, sha256: str) -> Path:
     return Path(store) / f"{sha256}.safetensors"
 
 
+def _copy_kept(src: Path, dest: Path) -> None:
+    """Config and metrics from one run directory (or manifest) to another, each atomically."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _KEPT:
+        if (src / name).is_file() and (src / name).resolve() != (dest / name).resolve():
+            atomic_write(dest / name, lambda p, name=name: shutil.copyfile(src / name, p))
+
+
 def save_run(run_dir, manifest_dir, store, weights=None) -> str:
     """Commit a finished run: its config and metrics into ``manifest_dir``, its best weights (or
-    ``weights``) into
-    ``store`` under their sha256 (written once, shared by every board that uses them) and that
-    hash into ``manifest_dir/best.sha256``.  Returns the hash."""
-    import shutil
-
-    from .weights import sha256_file
-
+    ``weights``) into ``store`` under their sha256 (written once, shared by every board that uses
+    them) and that hash into ``manifest_dir/best.sha256``.  Returns the hash."""
     src, dest = Path(run_dir), Path(manifest_dir)
     weights = Path(weights) if weights is not None else run_weights(src)
     sha = sha256_file(weights)
@@ -127,10 +131,7 @@ def save_run(run_dir, manifest_dir, store, weights=None) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.is_file():
         atomic_write(target, lambda p: shutil.copyfile(weights, p))
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in _KEPT:
-        if (src / name).is_file() and (src / name).resolve() != (dest / name).resolve():
-            atomic_write(dest / name, lambda p, name=name: shutil.copyfile(src / name, p))
+    _copy_kept(src, dest)
     atomic_write(dest / WEIGHTS_POINTER, lambda p: Path(p).write_text(sha + "\n"))
     return sha
 
@@ -138,10 +139,6 @@ def save_run(run_dir, manifest_dir, store, weights=None) -> str:
 def restore_run(manifest_dir, store, dest) -> Path:
     """Rebuild a committed run as a run directory in ``dest`` (config, metrics and
     ``best.safetensors`` from the store, its sha256 checked); ``dest`` may be ``manifest_dir``."""
-    import shutil
-
-    from .weights import sha256_file
-
     src, out = Path(manifest_dir), Path(dest)
     pointer = src / WEIGHTS_POINTER
     if not pointer.is_file():
@@ -150,10 +147,7 @@ def restore_run(manifest_dir, store, dest) -> Path:
     weights = stored_weights(store, sha)
     if not weights.is_file():
         raise KdbenchError(f"{src}: its weights {weights} are not in the checkpoint store")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _KEPT:
-        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
-            shutil.copyfile(src / name, out / name)
+    _copy_kept(src, out)
     atomic_write(out / BEST, lambda p: shutil.copyfile(weights, p))
     if sha256_file(out / BEST) != sha:
         raise KdbenchError(f"{weights}: content does not match its name (sha256 {sha[:12]}...)")

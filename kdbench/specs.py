@@ -109,10 +109,8 @@ def load_run_model(run_dir, weights: Optional[str] = None) -> LoadedModel:
                                                         len(cfg.get("teachers") or []), info["num_classes"])
     path = Path(weights) if weights else run_weights(run_dir)
     sha = load_weights(unwrap(model), path)
-    lm = LoadedModel(model, str(run_dir), arch=cfg["model"], weights=str(path), weights_sha256=sha, info=info)
-    lm.run_config = cfg
-    lm.run = run_summary(run_dir, cfg)
-    return lm
+    return LoadedModel(model, str(run_dir), arch=cfg["model"], weights=str(path), weights_sha256=sha, info=info,
+                       run=run_summary(run_dir, cfg))
 
 
 def resolve_model(spec: str, num_classes: Optional[int] = None, in_channels: Optional[int] = None,
@@ -137,8 +135,7 @@ def resolve_model(spec: str, num_classes: Optional[int] = None, in_channels: Opt
         if Path(spec).exists():
             raise KdbenchError(f"{spec}: not a kdbench run directory (no config.yaml); "
                                "use ARCH --weights FILE for a bare weights file")
-        loaded = LoadedModel(build_model(spec, **shape, **kwargs), spec, arch=spec)
-        loaded.info = dict(shape)
+        loaded = LoadedModel(build_model(spec, **shape, **kwargs), spec, arch=spec, info=dict(shape))
     if weights is not None and not is_run_dir(spec):
         loaded.weights = str(weights)
         loaded.weights_sha256 = load_weights(unwrap(loaded.model), weights)

@@ -29,7 +29,7 @@ def _aa_component(name, eps, norm, seed, num_classes, n_queries=None) -> Built:
 
 
 @register_attack("apgd-ce", backends=("autoattack", "torchattacks", "art"), builtin=True, margin_of="apgd-t",
-                 iterative_ce=True, backend_defaults={"autoattack": {}})
+                 iterative_ce=True, backend_defaults={"autoattack": ()})
 def apgd_ce(eps, norm, seed, num_classes, backend, steps=100, n_restarts=1):
     if backend == "autoattack":
         return _aa_component("apgd-ce", eps, norm, seed, num_classes)
@@ -51,18 +51,18 @@ def _targeted(name, cls_name, eps, norm, seed, num_classes, backend, steps, n_re
 
 
 @register_attack("apgd-t", backends=("autoattack", "torchattacks"), builtin=True, min_classes=4,
-                 backend_defaults={"autoattack": {}})
+                 backend_defaults={"autoattack": ()})
 def apgd_t(eps, norm, seed, num_classes, backend, steps=100, n_restarts=1):
     return _targeted("apgd-t", "APGDT", eps, norm, seed, num_classes, backend, steps, n_restarts)
 
 
-@register_attack("fab", backends=("autoattack", "torchattacks"), builtin=True, backend_defaults={"autoattack": {}})
+@register_attack("fab", backends=("autoattack", "torchattacks"), builtin=True, backend_defaults={"autoattack": ()})
 def fab(eps, norm, seed, num_classes, backend, steps=100, n_restarts=1):
     return _targeted("fab", "FAB", eps, norm, seed, num_classes, backend, steps, n_restarts)
 
 
 @register_attack("square", backends=("autoattack", "torchattacks", "art"), builtin=True, white_box=False,
-                 backend_defaults={"autoattack": {"n_queries": 5000}})
+                 backend_defaults={"autoattack": ("n_queries",)})
 def square(eps, norm, seed, num_classes, backend, n_queries=5000, p_init=0.8):
     if backend == "autoattack":
         return _aa_component("square", eps, norm, seed, num_classes, n_queries=n_queries)

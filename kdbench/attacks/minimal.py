@@ -39,13 +39,15 @@ _CW_L2_FIXED = {"c": 1.0, "kappa": 0.0, "steps": 100, "lr": 0.01}  # one constan
 
 
 @register_attack("cw-l2", backends=("kdbench", "torchattacks", "art"), builtin=True, min_norm="L2",
-                 backend_defaults={"kdbench": {"c0": 1e-3, "kappa": 0.0, "steps": 1000, "binary_steps": 9, "lr": 0.01},
-                                   "torchattacks": _CW_L2_FIXED, "art": _CW_L2_FIXED})
-def cw_l2(eps, norm, seed, num_classes, backend, c0=1e-3, kappa=0.0, steps=1000, binary_steps=9, lr=0.01, c=1.0):
+                 backend_defaults={"torchattacks": _CW_L2_FIXED, "art": _CW_L2_FIXED})
+def cw_l2(eps, norm, seed, num_classes, backend, c0=1e-3, kappa=0.0, steps=1000, binary_steps=9, lr=0.01, **fixed):
+    """kdbench: a binary search over c (the signature's defaults); torchattacks and ART: the one
+    constant ``fixed["c"]`` (their backend_defaults)."""
     if backend == "kdbench":
         run = native_cw("cw_l2", c0=c0, kappa=kappa, steps=steps, binary_steps=binary_steps, lr=lr)
         return Built(run, {**_minimal(norm, eps, c0=c0, kappa=kappa, steps=steps, binary_steps=binary_steps, lr=lr),
                            "binary_search": True})
+    c = fixed["c"]
     if backend == "torchattacks":
         run = torchattacks_run("CW", c=c, kappa=kappa, steps=steps, lr=lr)
     else:

@@ -70,7 +70,8 @@ class AttackEntry:
     single_step: bool = False  # validity: single_step_beats_iterative
     iterative_ce: bool = False  # an iterative cross-entropy attack (the same check)
     min_classes: int = 1  # e.g. targeted DLR needs 4 classes (with the autoattack backend)
-    backend_defaults: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # a backend's own parameters
+    # a backend taking other parameters: its own {name: default}, or the names of the signature's it takes
+    backend_defaults: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_backend(self) -> str:
@@ -153,20 +154,23 @@ def _merge(given: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
     return {**defaults, **given}
 
 
-def get_entry(name: str) -> AttackEntry:
-    return ATTACKS.get(name)
-
-
 def entry_of(spec: str) -> Optional[AttackEntry]:
     """The entry a spec (or a result's attack key) names, or None for an unknown name."""
-    name = spec.partition("@")[0].partition(":")[0].strip().lower()
-    return ATTACKS._items.get(name)
+    return ATTACKS.find(spec.partition("@")[0].partition(":")[0].strip())
+
+
+def _backend_defaults(e: AttackEntry, backend: str) -> Dict[str, Any]:
+    own = e.backend_defaults.get(backend)
+    if own is None:
+        return e.defaults
+    return own if isinstance(own, dict) else {k: e.defaults[k] for k in own}
 
 
 def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_classes: int = 10) -> Attack:
     name, backend, kw = parse_spec(spec)
     if name not in ATTACKS:
-        raise KdbenchError(f"unknown attack {name!r} in {spec!r}; known: {', '.join(e.name for e in ATTACKS.values())}")
+        known = ", ".join(e.name for e in ATTACKS.values())
+        raise KdbenchError(f"unknown attack {name!r} in {spec!r}; known: {known}")
     e = ATTACKS.get(name)
     if not e.builtin:
         if backend not in (None, "user"):
@@ -184,7 +188,7 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
     if num_classes < e.min_classes and b == "autoattack":
         raise KdbenchError(f"{name} uses the targeted DLR loss, which needs at least {e.min_classes} classes "
                            f"(model has {num_classes}); use apgd-ce, pgd or cw-linf")
-    p = _merge(kw, e.backend_defaults.get(b, e.defaults))
+    p = _merge(kw, _backend_defaults(e, b))
     built: Built = e.factory(eps=eps, norm=norm, seed=seed, num_classes=num_classes, backend=b, **p)
     return Attack(spec, name, b, built.params, built.run, norm=norm, eps=eps, library_batches=built.library_batches,
                   min_norm=e.min_norm, extra=built.extra)

@@ -11,6 +11,7 @@ hand-written or older result may lack have defaults, so reading one never fails 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ def to_json(obj):
     return obj
 
 
-def _hints(cls):
+@functools.lru_cache(maxsize=None)
+def _hints(cls):  # resolved once per class: a store read parses hundreds of nested records
     return typing.get_type_hints(cls)
 
 

@@ -57,8 +57,8 @@ def check(n: int, correct: List[bool], acc: Dict[str, float], ps: Dict[str, List
         flags.append(_flag("zero_gradients", f"{zero:.0%} of clean-correct points have an exactly zero "
                            "cross-entropy input gradient (saturated softmax or a non-differentiable model)",
                            fraction=zero, n=len(cc)))
-    name_of = {k: k.partition("@")[0].partition(":")[0] for k in ps}
-    entry = {k: entry_of(k) for k in name_of}
+    entry = {k: entry_of(k) for k in ps}
+    name_of = {k: e.name if e is not None else None for k, e in entry.items()}
     # like-for-like budgets: PGD vs CW-inf (same steps and step), APGD-CE vs APGD-T (entries' margin_of)
     for ce_name, mg_name in [(e.name, e.margin_of) for e in entries() if e.margin_of]:
         ce = [k for k in acc if name_of[k] == ce_name]

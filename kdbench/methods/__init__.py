@@ -11,11 +11,7 @@ Adding a method: one file in this folder whose class is decorated with
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from ..registry import import_submodules
 from .base import METHODS, InnerMaxConfig, Method, get_method  # noqa: F401
 
-for _m in pkgutil.iter_modules(__path__):
-    if _m.name != "base":
-        importlib.import_module(f"{__name__}.{_m.name}")
+import_submodules(__name__, __path__, skip=("base",))

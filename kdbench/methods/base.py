@@ -95,4 +95,3 @@ class Method:
 
 def get_method(name: str):
     return METHODS.get(name)
-

@@ -8,17 +8,14 @@ layer up, in :mod:`kdbench.specs`.  Adding an architecture: one file here with
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import torch.nn as nn
 
 from ..errors import KdbenchError
+from ..registry import import_submodules
 from .base import (MODEL_PATTERNS, MODELS, KDModel, ModelOutput, Normalize, classifier_of, forward_all,  # noqa: F401
                    register_model_pattern, unwrap)
 
-for _m in pkgutil.iter_modules(__path__):  # every architecture file registers itself
-    importlib.import_module(f"{__name__}.{_m.name}")
+import_submodules(__name__, __path__)  # every architecture file registers itself
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, input_size: int, **kwargs) -> nn.Module:
