@@ -17,6 +17,7 @@ Rows are sorted by AutoAttack robust accuracy (the suite's worst case when AutoA
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from .errors import KdbenchError
+from .fsutil import atomic_write, check_writable_file, confined
 from .attacks.registry import entries
 from .attacks.suites import SUITES
 from .evaluation.result import EvalResult, ModelProvenance, RunInfo
@@ -271,24 +273,42 @@ def write(rows: List[dict], out_prefix, title: str = "") -> List[Path]:
         raise KdbenchError(f"--out directory does not exist: {out.parent}")
     paths = [out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".json")]
     fields = list(rows[0].keys()) if rows else ["rank", "name"]
-    with open(paths[0], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    paths[1].write_text(to_markdown(rows, title))
-    paths[2].write_text(json.dumps([to_robustbench(r) for r in rows], indent=1))
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    texts = [buf.getvalue(), to_markdown(rows, title), json.dumps([to_robustbench(r) for r in rows], indent=1)]
+    for path in paths:
+        check_writable_file(path, "--out")
+    for path, text in zip(paths, texts):  # each atomically: a failure leaves the old table whole
+        atomic_write(path, lambda p, text=text: Path(p).write_text(text, newline=""))
     return paths
 
 
 def read_csv(path) -> List[dict]:
+    """A leaderboard CSV, checked: the columns a row is compared by are present and numeric."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise KdbenchError(f"{path}: {e.strerror}") from None
-    if rows and "name" not in rows[0]:
-        raise KdbenchError(f"{path}: not a kdbench leaderboard CSV (no 'name' column)")
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise KdbenchError(f"{path}: not a readable CSV ({type(e).__name__})") from None
+    if not rows:
+        raise KdbenchError(f"{path}: leaderboard CSV has no rows")
+    missing = [c for c in ("name", "dataset", "threat", "eps", "n") if c not in rows[0]]
+    if missing:
+        raise KdbenchError(f"{path}: not a kdbench leaderboard CSV (no {', '.join(missing)} column)")
+    for i, r in enumerate(rows, 2):
+        for c in ("eps", "n", "clean", "worst_case", "autoattack"):
+            v = r.get(c)
+            try:
+                ok = v in (None, "") and c not in ("eps", "n") or math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise KdbenchError(f"{path} line {i}: column {c} is {v!r}, not a number")
     return rows
 
 
@@ -319,29 +339,61 @@ def export_checkpoints(rows: List[dict], dest, max_bytes: int = 1 << 20, store=N
         ck = r.get("checkpoint")
         if not ck or not Path(ck).is_file() or Path(ck).stat().st_size > max_bytes:
             continue
-        d = dest / _run_path(Path(ck).parent)
+        run = Path(ck).parent
+        verify_copyable(run, Path(ck), r.get("sha256"))  # only files kdbench wrote or checked leave the run
+        d = confined(dest, *_run_path(run).parts, what="run directory")
         if store is not None:
-            r["checkpoint"] = str(stored_weights(store, save_run(Path(ck).parent, d, store, weights=ck)))
+            r["checkpoint"] = str(stored_weights(store, save_run(run, d, store, weights=ck)))
             out.append(d)
             continue
         d.mkdir(parents=True, exist_ok=True)
-        if Path(ck).resolve() != (d / "best.safetensors").resolve():
-            shutil.copyfile(ck, d / "best.safetensors")
-        for extra in ("config.yaml", "metrics.jsonl"):
-            src = Path(ck).parent / extra
-            if src.is_file() and src.resolve() != (d / extra).resolve():
-                shutil.copyfile(src, d / extra)
+        for src, name in [(Path(ck), "best.safetensors"), (run / "config.yaml", "config.yaml"),
+                          (run / "metrics.jsonl", "metrics.jsonl")]:
+            if src.is_file() and src.resolve() != (d / name).resolve():
+                atomic_write(d / name, lambda p, src=src: shutil.copyfile(src, p))
         r["checkpoint"] = str(d / "best.safetensors")
         out.append(d)
     return out
 
 
+def verify_copyable(run: Path, ck: Path, sha256: Optional[str]) -> None:
+    """A row's files, checked before a board copies them: no symbolic links, the checkpoint a
+    safetensors file (header parsed) whose sha256 is the one its result records, the config a
+    kdbench run config and every metrics line JSON."""
+    from safetensors import safe_open
+
+    from .rundir import read_run_config
+    from .weights import sha256_file
+
+    for p in (ck, run / "config.yaml", run / "metrics.jsonl"):
+        if p.is_symlink():
+            raise KdbenchError(f"{p}: a symbolic link; a board copies only files it can verify")
+    try:
+        with safe_open(str(ck), framework="pt"):
+            pass
+    except Exception as e:
+        raise KdbenchError(f"{ck}: not a valid safetensors file ({' '.join(str(e).split())[:100]})") from None
+    if sha256 and sha256_file(ck) != sha256:
+        raise KdbenchError(f"{ck}: its sha256 differs from the one its result records (changed since it was "
+                           "evaluated)")
+    if (run / "config.yaml").is_file():
+        read_run_config(run)
+    if (run / "metrics.jsonl").is_file():
+        for i, line in enumerate((run / "metrics.jsonl").read_text().splitlines(), 1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except ValueError:
+                raise KdbenchError(f"{run / 'metrics.jsonl'} line {i}: not JSON") from None
+
+
 def _run_path(run_dir: Path) -> Path:
-    """A run directory's name (seed suffix kept); ``root/role`` for a link of a teacher-assistant chain."""
+    """A run directory's name (seed suffix kept); ``root/role`` for a link of a teacher-assistant chain.
+    Both parts come from data: the caller confines them (:func:`kdbench.fsutil.confined`)."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
-    chain = (cfg or {}).get("chain") or {}
+    chain = (cfg or {}).get("chain") or {} if isinstance(cfg, dict) else {}
     if chain.get("root") and chain.get("role"):
-        return Path(Path(chain["root"]).name) / chain["role"]
+        return Path(Path(str(chain["root"])).name) / str(chain["role"]).replace("/", "_")
     return Path(run_dir.name)
 
 

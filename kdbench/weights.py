@@ -5,7 +5,6 @@ A file that needs arbitrary code to unpickle is refused, never executed.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from pathlib import Path
 from typing import Dict, Optional
@@ -13,6 +12,7 @@ from typing import Dict, Optional
 import torch
 
 from .errors import KdbenchError
+from .fsutil import atomic_write  # noqa: F401  (re-exported: callers import it from here)
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "student")
 
@@ -23,20 +23,6 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a kill leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_weights(model: torch.nn.Module, path, metadata: Optional[Dict[str, str]] = None) -> None:

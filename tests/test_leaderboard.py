@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 from conftest import run_cli
 
@@ -183,6 +184,8 @@ def test_check_pairs_a_subset_on_shared_test_indices(tmp_path):
 
 
 def test_export_checkpoints_keeps_chain_links_apart(tmp_path):
+    from safetensors.torch import save_file
+
     from kdbench.leaderboard import export_checkpoints
 
     rows = []
@@ -190,11 +193,13 @@ def test_export_checkpoints_keeps_chain_links_apart(tmp_path):
                        ("other/student", {"root": "runs/other", "role": "student"})):
         d = tmp_path / "runs" / run
         d.mkdir(parents=True)
-        (d / "best.safetensors").write_bytes(run.encode())
-        (d / "config.yaml").write_text(yaml.safe_dump({"method": "takd", "chain": chain}))
-        rows.append({"checkpoint": str(d / "best.safetensors")})
+        save_file({"w": torch.tensor([float(len(rows))])}, str(d / "best.safetensors"), metadata={"run": run})
+        (d / "config.yaml").write_text(yaml.safe_dump({"method": "takd", "chain": chain, "model": "smallcnn",
+                                                       "dataset_info": {}}))
+        rows.append({"checkpoint": str(d / "best.safetensors")})  # a real safetensors file: boards copy no other
     dirs = export_checkpoints(rows, tmp_path / "ck")
     assert [d.relative_to(tmp_path / "ck").as_posix() for d in dirs] == ["pgd-at-s0", "takd-s0/student",
                                                                         "other/student"]
-    assert (tmp_path / "ck" / "takd-s0" / "student" / "best.safetensors").read_bytes() == b"takd-s0/student"
+    assert (tmp_path / "ck" / "takd-s0" / "student" / "best.safetensors").read_bytes() == \
+        (tmp_path / "runs" / "takd-s0" / "student" / "best.safetensors").read_bytes()
     assert rows[1]["checkpoint"] == str(tmp_path / "ck" / "takd-s0" / "student" / "best.safetensors")
