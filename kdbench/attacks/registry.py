@@ -14,6 +14,7 @@ a file of this package (docs/architecture.md).
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -154,6 +155,28 @@ def _merge(given: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
     return {**defaults, **given}
 
 
+# Parameters that make an attack a no-op when out of range: an attack that did not attack is not
+# robustness (docs/guarantees.md).  Counts must be integers >= their minimum; sizes finite and > 0.
+_COUNTS = {"steps": 1, "n_restarts": 1, "n_queries": 1, "binary_steps": 1, "max_rounds": 0}
+_POSITIVE = ("step_size", "lr", "c0", "c_max", "c", "p_init")
+_NONNEGATIVE = ("kappa", "decay", "overshoot")
+
+
+def validate_params(name: str, p: Dict[str, Any]) -> None:
+    """Refuse step counts below 1 and step sizes that are not finite and positive."""
+    for k, v in p.items():
+        if k in _COUNTS and v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < _COUNTS[k]:
+                raise KdbenchError(f"attack {name}: {k} must be an integer >= {_COUNTS[k]}, got {v!r}")
+        elif (k in _POSITIVE or k in _NONNEGATIVE) and v is not None:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (v <= 0 if k in _POSITIVE else v < 0):
+                sign = "positive" if k in _POSITIVE else "non-negative"
+                raise KdbenchError(f"attack {name}: {k} must be a finite {sign} number, got {v!r}")
+    if "p_init" in p and isinstance(p["p_init"], (int, float)) and p["p_init"] > 1:
+        raise KdbenchError(f"attack {name}: p_init must lie in (0, 1], got {p['p_init']!r}")
+
+
 def entry_of(spec: str) -> Optional[AttackEntry]:
     """The entry a spec (or a result's attack key) names, or None for an unknown name."""
     return ATTACKS.find(spec.partition("@")[0].partition(":")[0].strip())
@@ -178,6 +201,7 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
         if norm not in e.norms:
             raise KdbenchError(f"attack {name!r} supports {', '.join(e.norms)}, not {norm}")
         p = _merge(kw, e.defaults)
+        validate_params(name, p)
         return Attack(spec, name, "user", {"eps": eps, **p},
                       e.factory(eps=eps, norm=norm, seed=seed, num_classes=num_classes, **p), norm=norm, eps=eps)
     b = backend or e.default_backend
@@ -189,6 +213,7 @@ def build_attack(spec: str, eps: float, norm: str = "Linf", seed: int = 0, num_c
         raise KdbenchError(f"{name} uses the targeted DLR loss, which needs at least {e.min_classes} classes "
                            f"(model has {num_classes}); use apgd-ce, pgd or cw-linf")
     p = _merge(kw, _backend_defaults(e, b))
+    validate_params(name, p)
     built: Built = e.factory(eps=eps, norm=norm, seed=seed, num_classes=num_classes, backend=b, **p)
     return Attack(spec, name, b, built.params, built.run, norm=norm, eps=eps, library_batches=built.library_batches,
                   min_norm=e.min_norm, extra=built.extra)

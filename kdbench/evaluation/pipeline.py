@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ..device import resolve_device
 from ..errors import KdbenchError
 from ..version import __version__
 from . import metrics, validity
+from .guard import GuardedModel, behaviour_flags, content_hash, model_name, model_state, restore_model
 from .result import (AttackResult, DatasetProvenance, Distillation, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
                      PerSample, Provenance, RunConfig, Sensitivity, Validity, WorstCase, WorstClass, from_json, to_json)
 
@@ -133,6 +135,11 @@ class Session:
     attacks: List[Attack]
     key: str
     x: torch.Tensor
+    guard: Optional[GuardedModel] = None
+    identity: str = ""  # the key less the model's and the data's content: --resume refuses a change of either
+    model_sha256: str = ""
+    data_sha256: str = ""
+    flags: List[dict] = field(default_factory=list)  # found while preparing (randomised, batch-dependent)
 
 
 @dataclass
@@ -144,11 +151,14 @@ class AttackOutcome:
     seconds: float
     passes: Passes
     composition: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    not_evaluated: Optional[torch.Tensor] = None  # points the attack could not process (never robust)
+    outside_budget: int = 0  # misclassified outputs outside the budget or [0, 1]: no credit, flagged
 
 
-def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size) -> Plan:
+def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size, force: bool = False) -> Plan:
     """Stage 1: validate the arguments and resolve the points (a dataset's seeded test subset,
-    or the given tensors) and the attack specs."""
+    or the given tensors) and the attack specs.  A budget that can reach any image (L-inf eps
+    above 1, L2 eps above the diameter of [0, 1]^d) is refused unless ``force``."""
     if batch_size is None or batch_size <= 0:
         raise KdbenchError(f"batch size must be positive, got {batch_size}")
     if chunk_size <= 0:
@@ -160,7 +170,8 @@ def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size) ->
         ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
         idx, h = ds.eval_indices(n, seed=0)
         x, y = ds.test.images(idx), ds.test.y[idx]
-        data = DatasetProvenance(ds.info.name, split="test", n=len(idx), subset_seed=0, subset_hash=h)
+        data = DatasetProvenance(ds.info.name, split="test", n=len(idx), subset_seed=0, subset_hash=h,
+                                 data_hash=_data_hash(x, y))
         test_index = idx.tolist()
         eps = ds.info.eps if eps is None else eps
     elif x is None or y is None:
@@ -169,8 +180,12 @@ def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size) ->
     y = y.to(torch.int64)
     if data is None:
         data = DatasetProvenance("tensors", n=len(y), data_hash=_data_hash(x, y))
-    if eps is None or not eps > 0:
-        raise KdbenchError(f"eps must be positive, got {eps}")
+    if eps is None or not math.isfinite(eps) or not eps > 0:
+        raise KdbenchError(f"eps must be a finite positive number, got {eps}")
+    diameter = 1.0 if norm == "Linf" else math.sqrt(x[0].numel())
+    if eps > diameter and not force:
+        raise KdbenchError(f"eps {eps:g} exceeds the {norm} diameter of the input space ({diameter:.4g}): every "
+                           "image can reach every other; pass --force (force=True) to evaluate it anyway")
     specs = list(attacks) if attacks else suite_specs(suite or "quick")
     if len(set(specs)) != len(specs):
         raise KdbenchError(f"attack listed twice in {specs}")
@@ -179,27 +194,26 @@ def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size) ->
 
 def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, cascade, channels_last,
             provenance) -> Session:
-    """Stage 2: the model on its device in eval mode (frozen, counted), a probe of its output
-    shape, the attacks built for its class count, and the store key of this evaluation."""
+    """Stage 2: the model on its device in eval mode (frozen, guarded, counted), a probe of its
+    output (shape, dtype, finiteness, randomness, batch dependence), the attacks built for its
+    class count, and the store key of this evaluation: model content, data content, settings."""
     dinfo = ddist.init_distributed("cuda" if str(device).startswith("cuda") else "cpu")
     dev = resolve_device(device, dinfo.local_rank)
     x = p.x
+    model_sha = content_hash(model)
     model = model.to(dev).eval()
     if channels_last:  # a memory layout only: attacks still run in fp32 (no AMP)
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    counted = CountingModel(model).eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
+    guard = GuardedModel(model, model_name(model, provenance)).eval()
+    counted = CountingModel(guard).eval()
+    guard.stage = f"a probe on inputs of shape {tuple(x.shape[1:])}"
     with torch.no_grad():
-        try:
-            probe = model(x[:2].to(dev))
-        except Exception as e:
-            raise KdbenchError(f"the model fails on inputs of shape {tuple(x.shape[1:])}: "
-                               f"{type(e).__name__}: {str(e)[:160]}") from None
-    if probe.dim() != 2:
-        raise KdbenchError(f"the model must return logits of shape (batch, classes), got {tuple(probe.shape)}")
+        probe = guard(x[:2].to(dev))
     num_classes = probe.shape[1]
+    flags = behaviour_flags(guard, x, dev)
     y = p.y
     if int(y.max()) >= num_classes or int(y.min()) < 0:
         raise KdbenchError(f"labels range over [{int(y.min())}, {int(y.max())}] but the model has "
@@ -211,11 +225,23 @@ def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, 
     # Stored per-chunk outcomes are keyed by model, points and settings; without --cascade an attack's
     # outcome does not depend on the other attacks, so the attack list stays out of the key and a
     # later suite on the same points (standard after quick) reuses every attack already run.
-    key_src = {"model": (provenance or {}).get("model"), "data": to_json(p.data), "eps": p.eps, "norm": p.norm,
-               "seed": seed, "cascade": cascade, "chunk_size": chunk_size, "batch_size": batch_size,
-               **({"attacks": [(a.key, a.params) for a in built]} if cascade else {})}
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return Session(model, counted, dev, dinfo, num_classes, built, key, x)
+    # The model and the points enter by content (parameters and buffers evaluated; image and
+    # label bytes), so a store never serves one model's outcomes for another's.
+    data_sha = _data_hash(p.x, p.y)
+    mp = (provenance or {}).get("model") or {}
+    id_src = {"model": {"spec": mp.get("spec"), "weights": mp.get("weights")} if mp else
+              {"class": type(model).__qualname__},
+              "data": {k: v for k, v in to_json(p.data).items() if k != "data_hash"}, "eps": p.eps, "norm": p.norm, "seed": seed, "cascade": cascade,
+              "chunk_size": chunk_size, "batch_size": batch_size,
+              **({"attacks": [(a.key, a.params) for a in built]} if cascade else {})}
+    identity = _sha(id_src)
+    key = _sha({**id_src, "model": mp or None, "model_sha256": model_sha, "data_sha256": data_sha})
+    return Session(guard, counted, dev, dinfo, num_classes, built, key, x, guard=guard, identity=identity,
+                   model_sha256=model_sha, data_sha256=data_sha, flags=flags)
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def _slot(a: Attack) -> str:
@@ -224,22 +250,40 @@ def _slot(a: Attack) -> str:
                                                    default=str).encode()).hexdigest()[:12]
 
 
-def clean_pass(s: Session, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Stage 3: which points the model classifies correctly."""
+def clean_pass(s: Session, y: torch.Tensor, batch_size: int):
+    """Stage 3: which points the model classifies correctly, and which have a finite
+    cross-entropy input gradient (a point whose gradient is NaN or infinite cannot be attacked
+    by a gradient attack: it is *not evaluated*, never robust)."""
+    import torch.nn.functional as F
+
     correct = torch.zeros(len(y), dtype=torch.bool)
-    with torch.no_grad():
-        for i in range(0, len(y), batch_size):
-            xb = s.x[i:i + batch_size].to(s.dev)
-            correct[i:i + batch_size] = (s.model(xb).argmax(1).cpu() == y[i:i + batch_size])
-    return correct
+    finite = torch.ones(len(y), dtype=torch.bool)
+    s.guard.stage = "the clean pass"
+    for i in range(0, len(y), batch_size):
+        xb = s.x[i:i + batch_size].to(s.dev).requires_grad_(True)
+        yb = y[i:i + batch_size].to(s.dev)
+        with torch.enable_grad():
+            z = s.model(xb)
+            if z.requires_grad:  # else the model is not differentiable: the probe flags zero gradients
+                try:
+                    g, = torch.autograd.grad(F.cross_entropy(z, yb, reduction="sum"), xb, allow_unused=True)
+                except RuntimeError as e:
+                    raise KdbenchError(f"model {s.guard.name}: its backward pass failed ({str(e)[:160]})") from None
+                if g is not None:
+                    finite[i:i + batch_size] = torch.isfinite(g.flatten(1)).all(1).cpu()
+        correct[i:i + batch_size] = (z.detach().argmax(1) == yb).cpu()
+    return correct, finite
 
 
 def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batch_size, chunk_size, cascade,
-               store, resume, progress) -> List[AttackOutcome]:
+               store, resume, progress, attackable: Optional[torch.Tensor] = None) -> List[AttackOutcome]:
     """Stage 4: every attack, chunk by chunk (the unit of seeding, resuming and sharding): a chunk
-    the store already holds under ``resume`` is read back, any other is attacked and stored."""
+    the store already holds under ``resume`` is read back, any other is attacked and stored.
+    Only ``attackable`` clean-correct points are attacked; the others, and every point an attack
+    could not process, are *not evaluated*: counted as not robust and reported."""
     n_total = len(y)
     x, model, dev, dinfo, key = s.x, s.model, s.dev, s.dinfo, s.key
+    attackable = torch.ones(n_total, dtype=torch.bool) if attackable is None else attackable
     chunks = [(k, torch.arange(i, min(i + chunk_size, n_total))) for k, i in enumerate(range(0, n_total,
                                                                                              chunk_size))]
     mine = [c for c in chunks if c[0] % dinfo.world == dinfo.rank]
@@ -252,45 +296,67 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
     still = correct.clone()  # robust under every attack so far (for the cascade)
     done: List[AttackOutcome] = []
 
-    def compose_chunk(a: Attack, k: int, idx, target, composition: dict) -> torch.Tensor:
+    def stored(slot: str, k: int, idx):
+        """A chunk's stored outcome, checked against this run (length, robust => clean-correct)."""
+        part = store.get_partial(key, slot, k) if (store is not None and resume) else None
+        if part is None:
+            return None
+        if len(part["robust"]) != len(idx) or any(r and not c for r, c in zip(part["robust"], correct[idx].tolist())):
+            raise KdbenchError(f"results store {store.path}: stored chunk {k} of {slot.split('#')[0]} does not fit "
+                               "this evaluation (corrupted store); run without --resume")
+        return part
+
+    def compose_chunk(a: Attack, k: int, idx, target, composition: dict):
         """AutoAttack standard on one chunk, composed per point as run_standard_evaluation does:
         each component, in AA's order, on the points the earlier ones left robust.  A component
         that already attacked these points (earlier in this run, or in the store under --resume)
         is not run again: its outcome on a point does not depend on the batch it ran in (only its
         random start does), so AND-ing the outcomes is AutoAttack's result.  Nothing reused: the
-        same calls on the same points as pyautoattack's own sequence.  Returns target's broken mask."""
+        same calls on the same points as pyautoattack's own sequence.  Returns target's broken
+        and not-evaluated masks."""
         alive = torch.zeros(n_total, dtype=torch.bool)
         alive[target] = True
+        nev = torch.zeros(n_total, dtype=torch.bool)
+        outside = counts
         for c in a.extra["components"]:
             info = composition.setdefault(c.key, {"reused_chunks": 0, "attacked_points": 0})
             prev = next((o for o in done if (o.attack.name, o.attack.backend, o.attack.params) ==
                          (c.name, c.backend, c.params)), None)
-            part = store.get_partial(key, _slot(c), k) if (prev is None and store is not None and resume) else None
+            part = stored(_slot(c), k, idx) if prev is None else None
             if prev is not None or part is not None:
-                alive[idx] &= prev.robust[idx] if prev is not None else torch.tensor(part["robust"])
+                r = prev.robust[idx] if prev is not None else torch.tensor([bool(v) for v in part["robust"]])
+                bad = prev.not_evaluated[idx] if prev is not None else torch.tensor(part["not_evaluated"])
+                nev[idx] |= alive[idx] & bad
+                alive[idx] &= r
                 info["reused_chunks"] += 1
                 continue
             sub = idx[alive[idx]]
-            broken, _ = _attack_chunk(c, s.counted, model, x, y, sub, dev, batch_size, seed * 1_000_003 + k,
-                                      lambda m: None)
-            alive[sub[broken]] = False
+            broken, _, invalid, out = _attack_chunk(c, s.counted, model, x, y, sub, dev, batch_size,
+                                                    seed * 1_000_003 + k, lambda m: None)
+            outside[0] += out
+            alive[sub[broken | invalid]] = False
+            nev[sub[invalid]] = True
             info["attacked_points"] += len(sub)
-        return ~alive[target]
+        return ~alive[target] & ~nev[target], nev[target]
 
     with bar:
         for a in s.attacks:
+            s.guard.stage = f"attack {a.key}"
             robust = correct.clone()
+            nev = correct & ~attackable
             composition: dict = {}  # composed AutoAttack: which components were reused or run
             dists = torch.zeros(n_total)  # clean-misclassified points need no perturbation
             fwd0, bwd0 = s.counted.forward_images, s.counted.backward_images
             stored_f = stored_b = 0
             t0 = time.time()
             stored_seconds = 0.0
+            counts = [0]  # misclassified outputs outside the budget or [0, 1] (given no credit)
             task = bar.add_task(f"{a.key} ({a.backend})", total=sum(len(i) for _, i in mine))
             for k, idx in mine:
-                part = store.get_partial(key, _slot(a), k) if (store is not None and resume) else None
+                part = stored(_slot(a), k, idx)
                 if part is not None:
-                    robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
+                    robust[idx] = torch.tensor([bool(v) for v in part["robust"]], dtype=torch.bool)
+                    nev[idx] = torch.tensor(part["not_evaluated"], dtype=torch.bool)
                     if a.min_norm:
                         dists[idx] = torch.tensor(part["distances"], dtype=torch.float32)
                     stored_f += part["forward"]
@@ -300,33 +366,38 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
                     continue
                 c_t0, c_f0, c_b0 = time.time(), s.counted.forward_images, s.counted.backward_images
                 # minimal-perturbation attacks always run on every clean-correct point (their distances)
-                target = idx[(still if cascade and not a.min_norm else correct)[idx]]
+                target = idx[((still if cascade and not a.min_norm else correct) & attackable)[idx]]
                 if a.extra.get("components"):
-                    broken, dist = compose_chunk(a, k, idx, target, composition), None
+                    broken, invalid = compose_chunk(a, k, idx, target, composition)
+                    dist = None
                     bar.advance(task, len(target))
                 else:
-                    broken, dist = _attack_chunk(a, s.counted, model, x, y, target, dev, batch_size,
-                                                 seed * 1_000_003 + k, lambda m: bar.advance(task, m))
-                robust[idx] = correct[idx]
-                robust[target[broken]] = False
+                    broken, dist, invalid, out = _attack_chunk(a, s.counted, model, x, y, target, dev, batch_size,
+                                                               seed * 1_000_003 + k, lambda m: bar.advance(task, m))
+                    counts[0] += out
+                robust[idx] = correct[idx] & attackable[idx]
+                robust[target[broken | invalid]] = False
+                nev[target[invalid]] = True
                 if a.min_norm:
                     dists[target] = dist
+                    dists[idx[nev[idx]]] = float("nan")  # no distance for a point not evaluated
                 if cascade:
                     robust[idx] &= still[idx]
                 bar.advance(task, len(idx) - len(target))
                 if store is not None:
                     store.put_partial(key, _slot(a), k, robust[idx].tolist(), s.counted.forward_images - c_f0,
                                       s.counted.backward_images - c_b0, time.time() - c_t0,
-                                      dists[idx].tolist() if a.min_norm else None)
+                                      dists[idx].tolist() if a.min_norm else None, nev[idx].tolist())
             if dinfo.enabled:
                 robust = _gather_flags(robust, mine, dinfo, chunk_size)
+                nev = _gather_flags(nev, mine, dinfo, chunk_size)
                 if a.min_norm:
                     dists = _gather_flags(dists, mine, dinfo, chunk_size)
             still &= robust
             fwd, bwd = ddist.all_sum([s.counted.forward_images - fwd0 + stored_f,
                                       s.counted.backward_images - bwd0 + stored_b], dinfo, dev)
             done.append(AttackOutcome(a, robust, dists if a.min_norm else None, time.time() - t0 + stored_seconds,
-                                      Passes(int(fwd), int(bwd)), composition))
+                                      Passes(int(fwd), int(bwd)), composition, nev, counts[0]))
             bar.remove_task(task)
     return done
 
@@ -339,9 +410,11 @@ def _summary(flags: List[bool], labels: List[int], num_classes: int, clean: floa
 
 
 def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOutcome], probe_g, budget, *,
-             seed, cascade, batch_size, chunk_size, channels_last, provenance, t_start) -> EvalResult:
+             seed, cascade, batch_size, chunk_size, channels_last, provenance, t_start,
+             finite: Optional[torch.Tensor] = None) -> EvalResult:
     """Stage 5: statistics (Wilson intervals, per class, rho_adv), the validity flags and the
-    provenance, as an EvalResult."""
+    provenance, as an EvalResult.  Points not evaluated (a NaN/inf input gradient, or an attack
+    that could not process them) count as not robust and are reported, with a flag."""
     n_total, labels, correct_list = len(p.y), p.y.tolist(), correct.tolist()
     clean = sum(correct_list) / n_total
     attacks: Dict[str, AttackResult] = {}
@@ -352,11 +425,15 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
         a, flags = o.attack, o.robust.tolist()
         still &= o.robust
         summ = _summary(flags, labels, s.num_classes, clean)
+        nev = o.not_evaluated.nonzero().flatten().tolist() if o.not_evaluated is not None else []
         attacks[a.key] = AttackResult(**summ, backend=a.backend, params=a.params, seconds=o.seconds, passes=o.passes,
                                       note="cascade: attacked only points robust to the earlier attacks "
                                            "(cumulative)" if cascade else None,
-                                      composition=o.composition or None)
+                                      composition=o.composition or None, not_evaluated=len(nev) or None)
         per_sample.robust[a.key] = flags
+        if nev:
+            per_sample.not_evaluated = per_sample.not_evaluated or {}
+            per_sample.not_evaluated[a.key] = nev
         if o.distances is not None:
             min_pert[a.key] = MinPerturbation(**metrics.min_perturbation(o.distances, correct, a.min_norm))
             per_sample.min_distance = per_sample.min_distance or {}
@@ -367,8 +444,24 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
         sens = Sensitivity("softmax probability of the predicted class (seed 000 Eq. 10, T = 1)", sum(sv) / n_total,
                            sum(v < 1e-10 for v in sv) / n_total)
         per_sample.sensitivity, per_sample.confidence = sv, probe_g["confidence"]
-    flags = validity.check(n_total, correct_list, {k: v.robust_accuracy for k, v in attacks.items()},
-                           per_sample.robust, probe_g) + (budget["flags"] if budget else [])
+    flags = list(s.flags)
+    if finite is not None and not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        flags.append({"name": "nan_gradients", "message": f"{len(bad)} point(s) have a NaN or infinite input "
+                      "gradient: not evaluated by any attack and counted as not robust",
+                      "evidence": {"points": len(bad), "index": bad[:20]}})
+    nev_counts = {k: v.not_evaluated for k, v in attacks.items() if v.not_evaluated}
+    if nev_counts:
+        flags.append({"name": "not_evaluated", "message": "some points were not evaluated (NaN gradients, or an "
+                      "attack output that was NaN, of the wrong shape, or outside the budget or [0, 1]): "
+                      "they are counted as not robust", "evidence": {"attacks": nev_counts}})
+    outside = {o.attack.key: o.outside_budget for o in outcomes if o.outside_budget}
+    if outside:
+        flags.append({"name": "outside_budget", "message": "an attack returned misclassified points outside the "
+                      "budget or [0, 1]: kdbench gave them no credit (the attack is misconfigured or buggy)",
+                      "evidence": {"attacks": outside}})
+    flags += validity.check(n_total, correct_list, {k: v.robust_accuracy for k, v in attacks.items()},
+                            per_sample.robust, probe_g) + (budget["flags"] if budget else [])
     ws = _summary(still.tolist(), labels, s.num_classes, clean)
     prov = dict(provenance or {})
     model_prov = prov.pop("model", None)
@@ -386,9 +479,15 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
         provenance=Provenance(
             kdbench_version=__version__, git_commit=_git_commit(), libraries=_versions(), device=str(s.dev),
             dtype=str(p.x.dtype).replace("torch.", ""), seed=seed, dataset=p.data, world_size=s.dinfo.world,
-            model=from_json(ModelProvenance, model_prov) if isinstance(model_prov, dict) else model_prov,
+            model=_with_content(from_json(ModelProvenance, model_prov) if isinstance(model_prov, dict)
+                                else model_prov or ModelProvenance(spec=None), s.model_sha256),
             extra=prov, start_time=t_start.isoformat(), end_time=datetime.now(timezone.utc).isoformat(),
             key=s.key))
+
+
+def _with_content(m: ModelProvenance, sha: str) -> ModelProvenance:
+    m.content_sha256 = sha
+    return m
 
 
 def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None, *,
@@ -399,58 +498,87 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
              provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200,
              channels_last: bool = False, sensitivity: bool = True, teachers: Optional[Sequence[nn.Module]] = None,
              teacher_names: Optional[Sequence[str]] = None, knn_reference: Optional[int] = 5000,
-             tsne: Optional[str] = None) -> EvalResult:
+             tsne: Optional[str] = None, force: bool = False) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` (float in [0, 1], NCHW) or on ``dataset``'s test split
     (a seeded subset of ``n`` points).  ``checks=False`` skips the budget validity checks and
     ``sensitivity=False`` the gradient probe (sensitivity, confidence and the gradient-based
     flags); both are on by default.  With ``teachers``, the distillation metrics of
     :mod:`kdbench.evaluation.distill` are added under ``distillation`` (k-NN on ``knn_reference``
-    training images when a dataset is given; ``tsne`` a PNG path).  See docs/results.md."""
+    training images when a dataset is given; ``tsne`` a PNG path).  ``force`` allows a budget
+    beyond the input space's diameter.  What is guaranteed (the model left as given, NaN and
+    randomness handled, invariants checked before anything is stored): docs/guarantees.md.
+    See docs/results.md."""
     t_start = datetime.now(timezone.utc)
-    p = plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size)
-    s = prepare(model, p, device=device, seed=seed, batch_size=batch_size, chunk_size=chunk_size, cascade=cascade,
-                channels_last=channels_last, provenance=provenance)
-    if store is not None and not resume and s.dinfo.main:
-        store.clear_partial(s.key)
-    ddist.barrier(s.dinfo)
-    correct = clean_pass(s, p.y, batch_size)
-    probe_g = validity.probe_gradients(s.model, s.x, p.y, batch_size, s.dev) if sensitivity else None
-    outcomes = attack_all(s, p.y, correct, seed=seed, batch_size=batch_size, chunk_size=chunk_size, cascade=cascade,
-                          store=store, resume=resume, progress=progress)
-    budget = None
-    if checks:
-        sub = correct.nonzero().flatten()[:checks_n]
-        budget = validity.budget_checks(s.model, s.x[sub], p.y[sub], p.eps, p.norm, seed, s.dev, batch_size) \
-            if len(sub) else None
-    result = assemble(p, s, correct, outcomes, probe_g, budget, seed=seed, cascade=cascade, batch_size=batch_size,
-                      chunk_size=chunk_size, channels_last=channels_last, provenance=provenance, t_start=t_start)
-    if teachers:
-        from .distill import distillation_metrics
+    p = plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size, force=force)
+    saved = [model_state(m) for m in [model, *(teachers or [])]]  # evaluate() leaves the caller's models as given
+    try:
+        s = prepare(model, p, device=device, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
+                    cascade=cascade, channels_last=channels_last, provenance=provenance)
+        if store is not None and s.dinfo.main:
+            store.begin(s.key, s.identity, s.model_sha256, s.data_sha256, resume)
+        ddist.barrier(s.dinfo)
+        correct, finite = clean_pass(s, p.y, batch_size)
+        s.guard.stage = "the gradient probe"
+        probe_g = validity.probe_gradients(s.model, s.x, p.y, batch_size, s.dev) if sensitivity else None
+        outcomes = attack_all(s, p.y, correct, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
+                              cascade=cascade, store=store, resume=resume, progress=progress, attackable=finite)
+        budget = None
+        if checks:
+            s.guard.stage = "the validity checks"
+            sub = (correct & finite).nonzero().flatten()[:checks_n]
+            budget = validity.budget_checks(s.model, s.x[sub], p.y[sub], p.eps, p.norm, seed, s.dev, batch_size) \
+                if len(sub) else None
+        result = assemble(p, s, correct, outcomes, probe_g, budget, seed=seed, cascade=cascade,
+                          batch_size=batch_size, chunk_size=chunk_size, channels_last=channels_last,
+                          provenance=provenance, t_start=t_start, finite=finite)
+        if teachers:
+            from .distill import distillation_metrics
 
-        train_x = train_y = None
-        ds = p.dataset
-        if ds is not None and knn_reference and ds.train is not None:
-            ridx, _ = ds.eval_indices(min(knn_reference, len(ds.train)), seed=0, split="train")
-            train_x, train_y = ds.train.images(ridx), ds.train.y[ridx]
-        result.distillation = from_json(Distillation, distillation_metrics(
-            s.model, list(teachers), s.x, p.y, eps=p.eps, norm=p.norm, dev=s.dev, batch_size=batch_size, seed=seed,
-            train_x=train_x, train_y=train_y, teacher_names=list(teacher_names) if teacher_names else None,
-            tsne_path=tsne))
+            s.guard.stage = "the distillation metrics"
+            train_x = train_y = None
+            ds = p.dataset
+            if ds is not None and knn_reference and ds.train is not None:
+                ridx, _ = ds.eval_indices(min(knn_reference, len(ds.train)), seed=0, split="train")
+                train_x, train_y = ds.train.images(ridx), ds.train.y[ridx]
+            result.distillation = from_json(Distillation, distillation_metrics(
+                s.model, list(teachers), s.x, p.y, eps=p.eps, norm=p.norm, dev=s.dev, batch_size=batch_size,
+                seed=seed, train_x=train_x, train_y=train_y,
+                teacher_names=list(teacher_names) if teacher_names else None, tsne_path=tsne))
+        validity.invariants(result)  # a violated invariant is an error, never a row
+    finally:
+        for m, st in zip([model, *(teachers or [])], saved):
+            restore_model(m, st)
     if store is not None and s.dinfo.main:
-        result.store_id = store.finish(s.key, result)
+        try:
+            result.store_id = store.finish(s.key, result)
+        except KdbenchError as e:
+            raise StoreWriteError(str(e), result) from None
     return result
+
+
+class StoreWriteError(KdbenchError):
+    """The evaluation finished but the store could not record it; ``result`` holds it, so the
+    CLI still writes ``--out`` and prints the table before exiting 2."""
+
+    def __init__(self, message: str, result: EvalResult):
+        super().__init__(message)
+        self.result = result
 
 
 def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_seed, advance):
     """Run one attack on the points ``target`` of a chunk; return which of them it broke
-    (after kdbench's own re-check: misclassified, inside [0, 1] and inside the budget) and,
-    for minimal-perturbation attacks, the distance found (inf where it failed)."""
+    (after kdbench's own re-check: misclassified, inside [0, 1] and inside the budget), for
+    minimal-perturbation attacks the distance found (inf where it failed), which points it could
+    not process (a NaN or infinite output: not evaluated, never robust), and how many outputs
+    were misclassified but outside the budget or [0, 1] (no credit to the attack; flagged)."""
     from ..attacks.cw import distance
 
     broken = torch.zeros(len(target), dtype=torch.bool)
+    invalid = torch.zeros(len(target), dtype=torch.bool)
     dist = torch.full((len(target),), float("inf"))
+    outside = [0]
     if len(target) == 0:
-        return broken, dist
+        return broken, dist, invalid, 0
     torch.manual_seed(rng_seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(rng_seed)
@@ -464,16 +592,27 @@ def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_
             raise
         except Exception as e:
             raise KdbenchError(f"attack {a.key} ({a.backend}) failed: {type(e).__name__}: {str(e)[:200]}") from None
+        if not torch.is_tensor(xa) or tuple(xa.shape) != tuple(xb.shape):
+            raise KdbenchError(f"attack {a.key} ({a.backend}) returned "
+                               f"{tuple(xa.shape) if torch.is_tensor(xa) else type(xa).__name__} for inputs of "
+                               f"shape {tuple(xb.shape)}")
         xa = xa.detach().to(dev, xb.dtype)
+        ok = torch.isfinite(xa.flatten(1)).all(1)
+        xa = torch.where(ok.view(-1, *[1] * (xa.dim() - 1)), xa, xb)  # a NaN row is re-checked as the clean image
         with torch.no_grad():
             pred = model(xa).argmax(1)
-        fooled = (pred != yb) & (xa.flatten(1).min(1).values >= 0) & (xa.flatten(1).max(1).values <= 1)
-        broken[s:s + step] = (fooled & within_budget(xa - xb, a.norm, a.eps)).cpu()
+        in_box = (xa.flatten(1).min(1).values >= 0) & (xa.flatten(1).max(1).values <= 1)
+        fooled = (pred != yb) & in_box
+        inside = within_budget(xa - xb, a.norm, a.eps)
+        broken[s:s + step] = (ok & fooled & inside).cpu()
+        invalid[s:s + step] = (~ok).cpu()
+        if not a.min_norm:
+            outside[0] += int((ok & (pred != yb) & ~(in_box & inside)).sum())
         if a.min_norm:
             d = distance(xa - xb, a.min_norm).cpu()
-            dist[s:s + step] = torch.where(fooled.cpu(), d, torch.full_like(d, float("inf")))
+            dist[s:s + step] = torch.where((ok & fooled).cpu(), d, torch.full_like(d, float("inf")))
         advance(len(sel))
-    return broken, dist
+    return broken, dist, invalid, outside[0]
 
 
 def _gather_flags(robust: torch.Tensor, mine, dinfo, chunk_size: int) -> torch.Tensor:

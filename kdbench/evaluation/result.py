@@ -115,6 +115,7 @@ class AttackResult:
     seconds: float = 0.0
     passes: Passes = field(default_factory=Passes)
     composition: Optional[Dict[str, Dict[str, int]]] = _opt()  # composed AutoAttack: reused / run components
+    not_evaluated: Optional[int] = _opt()  # points the attack could not process (counted as not robust)
 
 
 @dataclass
@@ -151,6 +152,7 @@ class PerSample:
     min_distance: Optional[Dict[str, List[float]]] = _opt()
     sensitivity: Optional[List[float]] = _opt()
     confidence: Optional[List[float]] = _opt()
+    not_evaluated: Optional[Dict[str, List[int]]] = _opt()  # per attack: positions of the points not evaluated
 
 
 @dataclass
@@ -289,6 +291,7 @@ class ModelProvenance:
     weights: Optional[str] = None
     weights_sha256: Optional[str] = None
     run: Optional[RunInfo] = _opt()
+    content_sha256: Optional[str] = _opt()  # sha256 of the parameters and buffers evaluated (guard.content_hash)
 
 
 @dataclass
@@ -359,7 +362,10 @@ class EvalResult:
         return r if isinstance(r, cls) else cls.from_dict(r)
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the JSON atomically (a temp file renamed over ``path``)."""
+        from ..fsutil import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=1))
 
     def __getitem__(self, k):  # the JSON view, for scripts written against dictionaries
         return self.to_dict()[k]

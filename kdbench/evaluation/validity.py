@@ -135,3 +135,38 @@ def budget_checks(model, x, y, eps: float, norm: str, seed: int, dev, batch_size
                            "its interval: the attacks had not converged", pgd20=base, pgd100x5=stronger))
     out["flags"] = flags
     return out
+
+
+def invariants(r) -> None:
+    """What must hold of any result before it is stored or printed (docs/guarantees.md): one
+    outcome per point everywhere, robust only where clean-correct, no point both robust and not
+    evaluated, every accuracy equal to its per-point count, robust <= clean, and the worst case
+    the AND of the attacks.  A violation is an error, never a row."""
+    from ..errors import KdbenchError
+
+    def bad(what):
+        raise KdbenchError(f"internal check failed, nothing stored: {what}")
+
+    n, ps = r.n, r.per_sample
+    correct = ps.correct_clean
+    if n <= 0 or correct is None or len(correct) != n or (ps.labels is not None and len(ps.labels) != n):
+        bad(f"{n} points but {len(correct or [])} clean outcomes")
+    if not math.isclose(r.clean_accuracy, sum(correct) / n, abs_tol=1e-9):
+        bad(f"clean accuracy {r.clean_accuracy} is not {sum(correct)}/{n}")
+    worst = list(correct)
+    for k, a in r.attacks.items():
+        flags = ps.robust.get(k)
+        if flags is None or len(flags) != n:
+            bad(f"attack {k} has {len(flags or [])} outcomes for {n} points")
+        if any(f and not c for f, c in zip(flags, correct)):
+            bad(f"attack {k} counts a point robust that the model misclassifies clean")
+        nev = (ps.not_evaluated or {}).get(k) or []
+        if any(flags[i] for i in nev) or len(nev) != (a.not_evaluated or 0):
+            bad(f"attack {k}: points not evaluated are counted robust, or miscounted")
+        if not math.isclose(a.robust_accuracy, sum(flags) / n, abs_tol=1e-9):
+            bad(f"attack {k}: robust accuracy {a.robust_accuracy} is not {sum(flags)}/{n}")
+        if a.robust_accuracy > r.clean_accuracy + 1e-9:
+            bad(f"attack {k}: robust accuracy above clean accuracy")
+        worst = [w and f for w, f in zip(worst, flags)]
+    if r.attacks and not math.isclose(r.worst_case.robust_accuracy, sum(worst) / n, abs_tol=1e-9):
+        bad(f"worst case {r.worst_case.robust_accuracy} is not the AND of the attacks ({sum(worst)}/{n})")
