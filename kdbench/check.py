@@ -42,11 +42,13 @@ def _load_json(path) -> EvalResult:
         raise KdbenchError(f"{path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise KdbenchError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise KdbenchError(f"{path}: not JSON (not UTF-8 text)") from None
     if not isinstance(data, dict) or "clean_accuracy" not in data or "attacks" not in data:
         raise KdbenchError(f"{path}: not a kdbench result JSON (kdbench evaluate --out)")
     try:
         return EvalResult.from_dict(data)
-    except (TypeError, KeyError, AttributeError) as e:
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
         raise KdbenchError(f"{path}: not a kdbench result JSON ({type(e).__name__}: {str(e)[:80]})") from None
 
 
@@ -142,9 +144,10 @@ def _baseline_row(rows: List[dict], result: EvalResult, row: Optional[str]) -> d
 
 
 def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str = "auto", alpha: float = 0.01,
-          row: Optional[str] = None, two_sided: bool = False) -> Tuple[bool, str]:
+          row: Optional[str] = None, two_sided: bool = False, allow_mismatch: bool = False) -> Tuple[bool, str]:
     """Returns (regressed, markdown summary).  ``two_sided`` also fails on a significant *rise*
-    (a reproduction check: an attack that got weaker raises robust accuracy)."""
+    (a reproduction check: an attack that got weaker raises robust accuracy).  Results of
+    another dataset, threat model, eps or test split are refused unless ``allow_mismatch``."""
     tol = parse_tolerance(tolerance)
     result = _load_json(result_path)
     acc1, n1, flags1 = metric_of(result, metric)
@@ -157,11 +160,11 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
         col = leaderboard_column(metric)
         if col is None or brow.get(col) in (None, ""):
             raise KdbenchError(f"the leaderboard row {brow['name']!r} has no {metric!r} column value")
-        if brow.get("threat") != result.config.norm or not math.isclose(
-                float(brow["eps"]), result.config.eps, rel_tol=1e-6):
-            raise KdbenchError(f"row {brow['name']!r} is {brow.get('threat')} eps {brow['eps']} but the result is "
-                               f"{result.config.norm} eps {result.config.eps}: not comparable")
-        acc0, n0, flags0 = float(brow[col]), int(brow["n"]), None
+        mismatch = _mismatch({"dataset": brow.get("dataset"), "norm": brow.get("threat"), "eps": float(brow["eps"]),
+                              "split": brow.get("split") or "test"}, _facts(result))
+        if mismatch and not allow_mismatch:
+            raise KdbenchError(f"row {brow['name']!r}: {mismatch}")
+        acc0, n0, flags0 = float(brow[col]), int(float(brow["n"])), None
         old_flags = {f for f in (brow.get("flags") or "").split(";") if f}
         where = f"{bpath} row {brow['name']!r}"
         paired = None
@@ -171,8 +174,8 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
         old_flags = base.validity.names
         where = str(bpath)
         paired = paired_outcomes(base, result, flags0, flags1)
-        mismatch = _threat_mismatch(result, base)
-        if mismatch:
+        mismatch = _mismatch(_facts(base), _facts(result))
+        if mismatch and not allow_mismatch:
             raise KdbenchError(mismatch)
     lines = ["## kdbench check", "", f"baseline: {where}", f"result: {result_path}", "",
              "| metric | baseline | result | change | test | verdict |", "|---|---|---|---|---|---|"]
@@ -206,9 +209,17 @@ def check(result_path, baseline_path, metric: str = "worst_case", tolerance: str
     return regressed, "\n".join(lines)
 
 
-def _threat_mismatch(result: EvalResult, base: EvalResult) -> Optional[str]:
-    for k in ("norm", "eps"):
-        if getattr(base.config, k) != getattr(result.config, k):
-            return (f"baseline and result differ in {k} ({getattr(base.config, k)} vs {getattr(result.config, k)}): "
-                    "not comparable")
+def _facts(r: EvalResult) -> dict:
+    d = r.provenance.dataset
+    return {"dataset": d.name, "norm": r.config.norm, "eps": r.config.eps, "split": d.split or "test"}
+
+
+def _mismatch(base: dict, new: dict) -> Optional[str]:
+    """What makes two results incomparable: dataset, threat model, eps, test split."""
+    for k in ("dataset", "norm", "eps", "split"):
+        a, b = base[k], new[k]
+        same = math.isclose(a, b, rel_tol=1e-6) if k == "eps" else a == b
+        if not same:
+            return (f"baseline and result differ in {k} ({a} vs {b}): not comparable (--allow-mismatch compares "
+                    "them anyway)")
     return None

@@ -5,6 +5,7 @@ Every run writes the fully resolved config it actually used to ``RUN_DIR/config.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -77,6 +78,48 @@ class TrainConfig:
         return asdict(self)
 
 
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_type(value, tp, where: str):
+    """``value`` checked against the annotation ``tp`` (int, float, bool, str, Optional, List,
+    Dict, Any); an int is accepted for a float.  Returns the value (ints made floats)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return check_type(value, inner[0], where)
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise KdbenchError(f"{where}: expected a list, got {value!r}")
+        return [check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise KdbenchError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        return value
+    if not ok:
+        raise KdbenchError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def _build(cls, data: Dict[str, Any], where: str):
     if data is None:
         return cls()
@@ -87,13 +130,14 @@ def _build(cls, data: Dict[str, Any], where: str):
     if unknown:
         raise KdbenchError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for k, v in data.items():
         f = known[k]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
             kwargs[k] = _build(sub, v, f"{where}.{k}")
         else:
-            kwargs[k] = v
+            kwargs[k] = check_type(v, hints[k], f"{where}.{k}")
     return cls(**kwargs)
 
 

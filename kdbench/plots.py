@@ -31,13 +31,13 @@ def _load(paths) -> List[_Plotted]:
     for p in paths:
         try:
             r = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise KdbenchError(f"{p}: not a readable result JSON ({type(e).__name__})") from None
         if not isinstance(r, dict) or "clean_accuracy" not in r:
             raise KdbenchError(f"{p}: not a kdbench result (no clean_accuracy)")
         try:
             out.append(_Plotted(EvalResult.from_dict(r), str(p)))
-        except (TypeError, KeyError, AttributeError) as e:
+        except (TypeError, KeyError, AttributeError, ValueError) as e:
             raise KdbenchError(f"{p}: not a kdbench result ({type(e).__name__}: {str(e)[:80]})") from None
     return out
 

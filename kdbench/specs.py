@@ -32,7 +32,8 @@ from .models import build_model, unwrap
 from .rundir import is_run_dir, read_run_config, run_summary, run_weights
 from .weights import load_weights
 
-__all__ = ["LoadedModel", "load_model", "resolve_model", "is_run_dir", "load_run_model"]
+__all__ = ["LoadedModel", "load_model", "resolve_model", "is_run_dir", "load_run_model", "is_code_spec",
+           "require_trusted"]
 
 
 @dataclass
@@ -51,6 +52,21 @@ class LoadedModel:
         if self.run:
             out["run"] = self.run
         return out
+
+
+def is_code_spec(spec) -> bool:
+    """Whether resolving ``spec`` imports code: ``file.py:factory`` or ``module:factory``."""
+    spec = str(spec)
+    return ":" in spec and not spec.startswith("robustbench:") and not is_run_dir(spec)
+
+
+def require_trusted(spec, where: str, trust_code: bool) -> None:
+    """Refuse a code spec that came from a file (a run's ``config.yaml``), not from the user:
+    nothing is imported that the user did not name on the command line or opt into with
+    ``--trust-code`` (docs/guarantees.md)."""
+    if is_code_spec(spec) and not trust_code:
+        raise KdbenchError(f"{where} names code to import ({spec!r}); kdbench does not run code from a file: "
+                           "name it on the command line or pass --trust-code")
 
 
 def _call_factory(fn, spec: str, shape: Dict[str, int]) -> nn.Module:

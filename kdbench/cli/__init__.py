@@ -5,6 +5,7 @@ Bad input prints one line (``kdbench: error: ...``) and exits with status 2, no 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -43,9 +44,36 @@ def _add_train(sub):
                                              "OUT/teacher, OUT/assistant..., OUT/student")
     p.add_argument("--chain-models", help="comma-separated architectures along the chain")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (with its own config; "
+                                                         "--epochs may extend it)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="with --resume: allow the run's config to name code to import (file.py:factory teachers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+
+_RESUME_FREE = ("epochs", "device", "data_dir")  # what --resume may change: a longer run, another device
+
+
+def _resume_conflicts(out, over: dict, config_given: bool) -> None:
+    """--resume continues the run's own config: an option or --set that says otherwise is refused."""
+    from ..rundir import is_run_dir, read_run_config
+
+    if not is_run_dir(out):
+        return
+    if config_given:
+        raise KdbenchError("--resume continues the run with its own config: drop --config")
+    saved = read_run_config(out)
+    for key, value in over.items():
+        if value is None or key in _RESUME_FREE:
+            continue
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value and not (isinstance(node, (int, float)) and isinstance(value, (int, float))
+                                  and not isinstance(value, bool) and float(node) == float(value)):
+            raise KdbenchError(f"--resume continues the run's own config: its {key} is {node!r}, not {value!r}; "
+                               "drop the option, or train into another --out")
 
 
 def cmd_train(args) -> int:
@@ -65,10 +93,15 @@ def cmd_train(args) -> int:
             raise KdbenchError(f"--set expects KEY=VALUE, got {item!r}")
         if over.get(key.strip()) is not None:  # e.g. --teacher X with --set teachers=[]: which one was meant?
             raise KdbenchError(f"{key.strip()} is given twice, by an option and by --set: give one")
-        over[key.strip()] = yaml.safe_load(value)
+        try:
+            over[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise KdbenchError(f"--set {key.strip()}: not a YAML value ({type(e).__name__})") from None
     if not args.resume and not (args.method or args.config):
         raise KdbenchError("--method is required (or --config)")
-    cfg = merge(cfg, over)
+    cfg = merge(cfg, over)  # type-checks every option and --set against the typed config
+    if args.resume and args.chain is None:
+        _resume_conflicts(args.out, over, bool(args.config))
     if args.chain is not None:
         from ..training.chain import train_chain
 
@@ -78,7 +111,7 @@ def cmd_train(args) -> int:
         dirs = train_chain(cfg, args.out, args.chain, models, resume=args.resume, progress=not args.no_progress)
         print("chain: " + " -> ".join(str(d) for d in dirs))
         return 0
-    history = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    history = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, trust_code=args.trust_code)
     if history:
         last = history[-1]
         ev = f", clean {last['clean_acc']:.4f}" if "clean_acc" in last else ""
@@ -151,9 +184,9 @@ def cmd_leaderboard(args) -> int:
     from .. import leaderboard as lb
     from ..evaluation.store import ResultStore
 
-    if not Path(args.db).is_file():
-        raise KdbenchError(f"results store not found: {args.db} (kdbench evaluate --db writes it)")
-    results = ResultStore(args.db).results()
+    from ..fsutil import confined, write_text
+
+    results = ResultStore(args.db, readonly=True).results()
     rows = lb.build_rows(results, dataset=args.dataset, threat=args.threat, eps=args.eps, method=args.method)
     if not rows:
         raise KdbenchError(f"no results in {args.db} match the filters")
@@ -164,7 +197,7 @@ def cmd_leaderboard(args) -> int:
         for row in rows:
             res = by_key.get(row["result_key"])
             if res is not None:
-                (d / f"{row['name']}.json").write_text(json.dumps(res.to_dict()))
+                write_text(confined(d, f"{row['name']}.json", what="row name"), json.dumps(res.to_dict()))
     if args.checkpoint_store and not args.checkpoints:
         raise KdbenchError("--checkpoint-store goes with --checkpoints DIR")
     if args.checkpoints:
@@ -191,6 +224,8 @@ def _add_check(sub):
     p.add_argument("--alpha", type=float, default=0.01, help="one-sided significance level for auto (0.01)")
     p.add_argument("--row", help="leaderboard row name (default: match the checkpoint sha256, then the run name)")
     p.add_argument("--two-sided", action="store_true", help="also fail on a significant rise (reproduction check)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="compare results of another dataset, threat model, eps or test split")
     p.set_defaults(func=cmd_check)
 
 
@@ -200,7 +235,7 @@ def cmd_check(args) -> int:
     if not 0 < args.alpha < 1:
         raise KdbenchError(f"--alpha must lie in (0, 1), got {args.alpha}")
     regressed, text = check(args.result, args.baseline, args.metric, args.tolerance, args.alpha, args.row,
-                           args.two_sided)
+                           args.two_sided, args.allow_mismatch)
     print(text)
     return 1 if regressed else 0
 
@@ -239,6 +274,12 @@ def load_plugins() -> None:
                 from None
 
 
+def _fail(message: str) -> int:
+    """``kdbench: error: MESSAGE`` on one line (whitespace runs folded), exit status 2."""
+    print(f"kdbench: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         load_plugins()
@@ -249,8 +290,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         return args.func(args)
     except KdbenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except OSError as e:  # a full disk, a read-only path, a directory where a file belongs: one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return _fail(f"{where}{e.strerror or e}")
+    except sqlite3.Error as e:
+        return _fail(f"results store: {e}")
     except KeyboardInterrupt:
         print("kdbench: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130

@@ -47,6 +47,10 @@ def add_evaluate(sub):
     p.add_argument("--no-teachers", action="store_true", help="skip the distillation metrics of a run's teachers")
     p.add_argument("--knn-reference", type=int, default=5000, help="training images for the k-NN metric (0: none)")
     p.add_argument("--tsne", metavar="PNG", help="with teachers: write a t-SNE plot of clean and PGD-20 embeddings")
+    p.add_argument("--force", action="store_true",
+                   help="evaluate a budget beyond the input space's diameter (L-inf eps > 1, L2 eps > sqrt(d))")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a run directory's config to name code to import (file.py:factory teachers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -58,11 +62,12 @@ def split_attacks(text: str):
 
 def cmd_evaluate(args) -> int:
     from ..data import get_dataset
-    from ..evaluation.pipeline import evaluate
+    from ..evaluation.pipeline import StoreWriteError, evaluate
+    from ..fsutil import check_writable_file, clean_stale
     from ..evaluation.report import print_table
     from ..evaluation.store import ResultStore
     from ..rundir import is_run_dir, read_run_config
-    from ..specs import resolve_model
+    from ..specs import require_trusted, resolve_model
 
     model_spec, weights, dataset = args.model, args.weights, args.dataset
     if model_spec is None:
@@ -78,36 +83,45 @@ def cmd_evaluate(args) -> int:
         raise KdbenchError(f"--eps must be positive, got {args.eps}")
     if args.batch_size <= 0:
         raise KdbenchError(f"--batch-size must be positive, got {args.batch_size}")
+    out = check_writable_file(args.out) if args.out else None  # before any work, not after it
+    if out is not None:
+        clean_stale(out.parent)
+    if args.tsne:
+        check_writable_file(args.tsne, "--tsne")
+    store = ResultStore(args.db) if args.db else None  # a foreign, corrupted or read-only store: refused now
     ds = get_dataset(dataset, args.data_dir)
     info = ds.info
     lm = resolve_model(model_spec, info.num_classes, info.in_channels, info.input_size, weights=weights)
-    out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.exists():
-        raise KdbenchError(f"--out directory does not exist: {out.parent}")
     teacher_specs = args.teachers
     if teacher_specs is None and is_run_dir(model_spec) and not args.no_teachers:
         teacher_specs = read_run_config(model_spec).get("teachers") or None
+        for spec in teacher_specs or []:
+            require_trusted(spec, f"{Path(model_spec) / 'config.yaml'} (its teachers)", args.trust_code)
     teachers = []
     for spec in (teacher_specs or []) if not args.no_teachers else []:
         teachers.append(resolve_model(spec, info.num_classes, info.in_channels, info.input_size).model)
     if args.tsne and not teachers:
         raise KdbenchError("--tsne needs a teacher (--teacher SPEC, or a run directory with teachers)")
-    if args.tsne and not Path(args.tsne).parent.exists():
-        raise KdbenchError(f"--tsne directory does not exist: {Path(args.tsne).parent}")
-    store = ResultStore(args.db) if args.db else None
     attacks = split_attacks(args.attacks) if args.attacks else None
-    res = evaluate(lm.model, dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
+    kwargs = dict(dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
                    provenance={"model": lm.provenance()}, checks=not args.no_checks,
                    sensitivity=not args.no_sensitivity,
                    channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_specs,
-                   knn_reference=args.knn_reference, tsne=args.tsne)
+                   knn_reference=args.knn_reference, tsne=args.tsne, force=args.force)
+    try:
+        res = evaluate(lm.model, **kwargs)
+    except StoreWriteError as e:  # computed but not stored: keep it, then fail in one line
+        print_table(e.result)
+        if out is not None:
+            e.result.save(out)
+        raise
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
+    print_table(res)  # first: a failing --out (a full disk) loses nothing the table shows
     if out is not None:
         res.save(out)
-    print_table(res)
     return 0

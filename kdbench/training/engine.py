@@ -28,7 +28,8 @@ from ..device import resolve_device
 from ..errors import KdbenchError
 from ..methods import InnerMaxConfig, get_method
 from ..models import build_model
-from ..specs import resolve_model
+from ..specs import require_trusted, resolve_model
+from ..fsutil import clean_stale
 from ..weights import atomic_write, save_weights
 from .. import distributed as ddist
 from .. import rundir
@@ -203,14 +204,20 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) -> List[dict]:
-    """Train ``cfg.method`` into run directory ``out``; returns the metrics history."""
+def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, trust_code: bool = False) -> List[dict]:
+    """Train ``cfg.method`` into run directory ``out``; returns the metrics history.  On
+    ``resume`` the run's own config is used; code it names (a ``file.py:factory`` teacher) is
+    imported only if ``cfg`` names it too (the command line) or ``trust_code``."""
     out = Path(out)
     state_path = out / rundir.STATE
     if resume:
         if not (out / rundir.CONFIG).is_file():
             raise KdbenchError(f"--resume: {out} has no {rundir.CONFIG}; nothing to resume")
         saved = rundir.read_run_config(out)
+        named = set(cfg.teachers) | {cfg.init_from}
+        for spec in [*(saved.get("teachers") or []), saved.get("init_from")]:
+            if spec and spec not in named:
+                require_trusted(spec, f"{out / rundir.CONFIG}", trust_code)
         cfg = merge(config_from_dict(saved),
                     {"epochs": cfg.epochs if cfg.epochs and cfg.epochs > saved["epochs"] else None,
                      "device": cfg.device if cfg.device != "auto" else None})
@@ -223,6 +230,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     device = resolve_device(cfg.device, dinfo.local_rank)
     if dinfo.main:
         _check_writable(out)
+        clean_stale(out)  # temp files a killed run left behind
     dataset = get_dataset(cfg.dataset, cfg.data_dir)
     train_set = dataset.require_train()
     cfg = resolve_config(cfg, dataset)
@@ -268,14 +276,21 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True) ->
     history: List[dict] = []
     start_epoch, best = 0, -1.0
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        student.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        if st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        method.load_state_dict(st.get("method", {}))
-        start_epoch, best, history = st["epoch"] + 1, st["best"], list(st["history"])
-        _set_rng_state(st["rng"][dinfo.rank] if dinfo.rank < len(st["rng"]) else st["rng"][0])
+        try:
+            st = torch.load(state_path, map_location="cpu", weights_only=True)
+            if not isinstance(st, dict) or not {"model", "optimizer", "epoch", "best", "history", "rng"} <= set(st):
+                raise ValueError("missing keys")
+            student.load_state_dict(st["model"])
+            optimizer.load_state_dict(st["optimizer"])
+            if st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
+            method.load_state_dict(st.get("method", {}))
+            start_epoch, best, history = int(st["epoch"]) + 1, float(st["best"]), list(st["history"])
+            _set_rng_state(st["rng"][dinfo.rank] if dinfo.rank < len(st["rng"]) else st["rng"][0])
+        except Exception as e:  # truncated, foreign, wrong keys or shapes: one line, nothing touched
+            msg = " ".join(str(e).split())[:160]
+            raise KdbenchError(f"{state_path}: not a usable resume point ({type(e).__name__}: {msg}); delete it "
+                               "to restart the run, or restore it") from None
     if dinfo.main:
         rundir.write_config(out, resolved)
 
