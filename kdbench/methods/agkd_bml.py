@@ -1,7 +1,9 @@
 """AGKD-BML -- attention-guided knowledge distillation and bi-directional metric learning
 (Wang et al., ICCV 2021; seed 003; docs/methods.md §9).
 
-Inner, both attacks with the student in eval, uniform start, 10 sign steps of eps/4:
+Inner, both attacks with the student in eval, uniform start *not* clipped to [0, 1] (the
+official main.py adds U(-eps, eps) and clamps only after each step; ``clip_start: true`` clips
+it), 10 sign steps of eps/4:
 forward AE x1' aimed at the most confusing class y_mc = argmax_{c != y} S(x1)_c (minimise
 CE(S(x1'), y_mc)); backward AE x2' from a random training image x2 of class y_mc (through the
 train augmentation) aimed back at y (minimise CE(S(x2'), y)).
@@ -23,7 +25,8 @@ from .base import METHODS, Method
 @METHODS.register("agkd-bml", "agkd")
 class AGKDBML(Method):
     name = "agkd-bml"
-    params = {"smoothing": 0.5, "beta": 6.0, "lam1": 2.0, "margin": 0.03, "lam2": 1e-3, "init_from_teacher": True}
+    params = {"smoothing": 0.5, "beta": 6.0, "lam1": 2.0, "margin": 0.03, "lam2": 1e-3, "init_from_teacher": True,
+              "clip_start": False}
     num_teachers = (1, 1)
     select_metric = "clean"
 
@@ -57,11 +60,12 @@ class AGKDBML(Method):
             with torch.no_grad():
                 logits = student(x).float()
             y_mc = logits.scatter(1, y[:, None], -1e4).argmax(1)
+            clip = bool(self.p["clip_start"])
             x1_adv = pgd(x, lambda xa: F.cross_entropy(student(xa), y_mc, reduction="sum"), a.eps, a.step_size,
-                         a.steps, start="uniform", descend=True)
+                         a.steps, start="uniform", clip_start=clip, descend=True)
             x2 = self.backward_images(y_mc, x.device)
             x2_adv = pgd(x2, lambda xa: F.cross_entropy(student(xa), y, reduction="sum"), a.eps, a.step_size,
-                         a.steps, start="uniform", descend=True)
+                         a.steps, start="uniform", clip_start=clip, descend=True)
         return x1_adv, x2, x2_adv
 
     def loss(self, student, x, x_adv, y):
