@@ -13,34 +13,31 @@ from kdbench.models import build_model
 # Attacks.perturb_PGD(targeted=True); train() calls targeted_MC, then perturb_PGD on the backward images.
 
 
-def official_agkd_inner(net, inputs, targets, input2, eps, step, steps):
-    """targeted_MC then perturb_PGD(input2, targets, targeted=True), as main.py: MC labels from the
-    eval-mode logits, the uniform start *not* clamped, each step sign-descended, projected, clamped."""
-    net.eval()
-    x = inputs.detach()
-    nat_logits = net(x)
-    mc = nat_logits.detach().clone()
-    mc[torch.arange(len(targets)), targets] = -1e4
-    mc_targets = mc.argmax(1)
-    x = x + torch.zeros_like(x).uniform_(-eps, eps)
+def official_targeted(net, inputs, target, eps, step, steps):
+    """main.py's loop (targeted_MC and perturb_PGD(targeted=True) share it): the uniform start
+    *not* clamped, each step sign-descended on CE, projected onto the eps-box, clamped."""
+    x = inputs.detach() + torch.zeros_like(inputs).uniform_(-eps, eps)
     for _ in range(steps):
         x.requires_grad_()
         with torch.enable_grad():
-            loss = F.cross_entropy(net(x), mc_targets, reduction="sum")
+            loss = F.cross_entropy(net(x), target, reduction="sum")
         grad = torch.autograd.grad(loss, [x])[0]
         x = x.detach() - step * torch.sign(grad.detach())
         x = torch.min(torch.max(x, inputs - eps), inputs + eps).clamp(0, 1)
-    x1 = x
-    x = input2.detach() + torch.zeros_like(input2).uniform_(-eps, eps)
-    for _ in range(steps):
-        x.requires_grad_()
-        with torch.enable_grad():
-            loss = F.cross_entropy(net(x), targets, reduction="sum")
-        grad = torch.autograd.grad(loss, [x])[0]
-        x = x.detach() - step * torch.sign(grad.detach())
-        x = torch.min(torch.max(x, input2 - eps), input2 + eps).clamp(0, 1)
+    return x
+
+
+def official_agkd_inner(net, inputs, targets, input2, eps, step, steps):
+    """train()'s inner maximisation: MC labels from the eval-mode logits, the forward AE towards
+    them, then the backward AE of input2 towards the true labels."""
+    net.eval()
+    mc = net(inputs.detach()).detach().clone()
+    mc[torch.arange(len(targets)), targets] = -1e4
+    mc_targets = mc.argmax(1)
+    x1 = official_targeted(net, inputs, mc_targets, eps, step, steps)
+    x2 = official_targeted(net, input2, targets, eps, step, steps)
     net.train()
-    return x1, mc_targets, x
+    return x1, mc_targets, x2
 
 
 @pytest.mark.parametrize("steps", [1, 10])
