@@ -269,8 +269,6 @@ def to_robustbench(row: dict) -> dict:
 
 def write(rows: List[dict], out_prefix, title: str = "") -> List[Path]:
     out = Path(out_prefix)
-    if not out.parent.exists():
-        raise KdbenchError(f"--out directory does not exist: {out.parent}")
     paths = [out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".json")]
     fields = list(rows[0].keys()) if rows else ["rank", "name"]
     buf = io.StringIO(newline="")
@@ -279,7 +277,7 @@ def write(rows: List[dict], out_prefix, title: str = "") -> List[Path]:
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
     texts = [buf.getvalue(), to_markdown(rows, title), json.dumps([to_robustbench(r) for r in rows], indent=1)]
-    for path in paths:
+    for path in paths:  # all three checked before any is written
         check_writable_file(path, "--out")
     for path, text in zip(paths, texts):  # each atomically: a failure leaves the old table whole
         atomic_write(path, lambda p, text=text: Path(p).write_text(text, newline=""))

@@ -70,8 +70,7 @@ def _resume_conflicts(out, over: dict, config_given: bool) -> None:
         node = saved
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if node != value and not (isinstance(node, (int, float)) and isinstance(value, (int, float))
-                                  and not isinstance(value, bool) and float(node) == float(value)):
+        if node != value:  # 3 == 3.0: numbers compare by value
             raise KdbenchError(f"--resume continues the run's own config: its {key} is {node!r}, not {value!r}; "
                                "drop the option, or train into another --out")
 

@@ -60,7 +60,7 @@ class GuardedModel(nn.Module):
 
 
 def model_name(model: nn.Module, provenance) -> str:
-    spec = ((provenance or {}).get("model") or {}).get("spec") if isinstance(provenance, dict) else None
+    spec = ((provenance or {}).get("model") or {}).get("spec")
     return str(spec) if spec else type(model).__name__
 
 

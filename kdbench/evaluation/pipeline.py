@@ -127,7 +127,7 @@ class Plan:
 @dataclass
 class Session:
     """The model on its device, the resolved attacks and the store key (stage 2)."""
-    model: nn.Module
+    model: GuardedModel  # the caller's model, guarded (every stage calls it through the guard)
     counted: CountingModel
     dev: torch.device
     dinfo: ddist.DistInfo
@@ -135,7 +135,6 @@ class Session:
     attacks: List[Attack]
     key: str
     x: torch.Tensor
-    guard: Optional[GuardedModel] = None
     identity: str = ""  # the key less the model's and the data's content: --resume refuses a change of either
     model_sha256: str = ""
     data_sha256: str = ""
@@ -227,16 +226,16 @@ def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, 
     # later suite on the same points (standard after quick) reuses every attack already run.
     # The model and the points enter by content (parameters and buffers evaluated; image and
     # label bytes), so a store never serves one model's outcomes for another's.
-    data_sha = _data_hash(p.x, p.y)
+    data_sha = p.data.data_hash
     mp = (provenance or {}).get("model") or {}
     id_src = {"model": {"spec": mp.get("spec"), "weights": mp.get("weights")} if mp else
               {"class": type(model).__qualname__},
-              "data": {k: v for k, v in to_json(p.data).items() if k != "data_hash"}, "eps": p.eps, "norm": p.norm, "seed": seed, "cascade": cascade,
-              "chunk_size": chunk_size, "batch_size": batch_size,
+              "data": {k: v for k, v in to_json(p.data).items() if k != "data_hash"}, "eps": p.eps, "norm": p.norm,
+              "seed": seed, "cascade": cascade, "chunk_size": chunk_size, "batch_size": batch_size,
               **({"attacks": [(a.key, a.params) for a in built]} if cascade else {})}
     identity = _sha(id_src)
     key = _sha({**id_src, "model": mp or None, "model_sha256": model_sha, "data_sha256": data_sha})
-    return Session(guard, counted, dev, dinfo, num_classes, built, key, x, guard=guard, identity=identity,
+    return Session(guard, counted, dev, dinfo, num_classes, built, key, x, identity=identity,
                    model_sha256=model_sha, data_sha256=data_sha, flags=flags)
 
 
@@ -258,7 +257,7 @@ def clean_pass(s: Session, y: torch.Tensor, batch_size: int):
 
     correct = torch.zeros(len(y), dtype=torch.bool)
     finite = torch.ones(len(y), dtype=torch.bool)
-    s.guard.stage = "the clean pass"
+    s.model.stage = "the clean pass"
     for i in range(0, len(y), batch_size):
         xb = s.x[i:i + batch_size].to(s.dev).requires_grad_(True)
         yb = y[i:i + batch_size].to(s.dev)
@@ -268,7 +267,7 @@ def clean_pass(s: Session, y: torch.Tensor, batch_size: int):
                 try:
                     g, = torch.autograd.grad(F.cross_entropy(z, yb, reduction="sum"), xb, allow_unused=True)
                 except RuntimeError as e:
-                    raise KdbenchError(f"model {s.guard.name}: its backward pass failed ({str(e)[:160]})") from None
+                    raise KdbenchError(f"model {s.model.name}: its backward pass failed ({str(e)[:160]})") from None
                 if g is not None:
                     finite[i:i + batch_size] = torch.isfinite(g.flatten(1)).all(1).cpu()
         correct[i:i + batch_size] = (z.detach().argmax(1) == yb).cpu()
@@ -317,14 +316,13 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
         alive = torch.zeros(n_total, dtype=torch.bool)
         alive[target] = True
         nev = torch.zeros(n_total, dtype=torch.bool)
-        outside = counts
         for c in a.extra["components"]:
             info = composition.setdefault(c.key, {"reused_chunks": 0, "attacked_points": 0})
             prev = next((o for o in done if (o.attack.name, o.attack.backend, o.attack.params) ==
                          (c.name, c.backend, c.params)), None)
             part = stored(_slot(c), k, idx) if prev is None else None
             if prev is not None or part is not None:
-                r = prev.robust[idx] if prev is not None else torch.tensor([bool(v) for v in part["robust"]])
+                r = prev.robust[idx] if prev is not None else torch.tensor(part["robust"])
                 bad = prev.not_evaluated[idx] if prev is not None else torch.tensor(part["not_evaluated"])
                 nev[idx] |= alive[idx] & bad
                 alive[idx] &= r
@@ -333,7 +331,7 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
             sub = idx[alive[idx]]
             broken, _, invalid, out = _attack_chunk(c, s.counted, model, x, y, sub, dev, batch_size,
                                                     seed * 1_000_003 + k, lambda m: None)
-            outside[0] += out
+            counts[0] += out
             alive[sub[broken | invalid]] = False
             nev[sub[invalid]] = True
             info["attacked_points"] += len(sub)
@@ -341,7 +339,7 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
 
     with bar:
         for a in s.attacks:
-            s.guard.stage = f"attack {a.key}"
+            s.model.stage = f"attack {a.key}"
             robust = correct.clone()
             nev = correct & ~attackable
             composition: dict = {}  # composed AutoAttack: which components were reused or run
@@ -355,7 +353,7 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
             for k, idx in mine:
                 part = stored(_slot(a), k, idx)
                 if part is not None:
-                    robust[idx] = torch.tensor([bool(v) for v in part["robust"]], dtype=torch.bool)
+                    robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
                     nev[idx] = torch.tensor(part["not_evaluated"], dtype=torch.bool)
                     if a.min_norm:
                         dists[idx] = torch.tensor(part["distances"], dtype=torch.float32)
@@ -518,13 +516,13 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
             store.begin(s.key, s.identity, s.model_sha256, s.data_sha256, resume)
         ddist.barrier(s.dinfo)
         correct, finite = clean_pass(s, p.y, batch_size)
-        s.guard.stage = "the gradient probe"
+        s.model.stage = "the gradient probe"
         probe_g = validity.probe_gradients(s.model, s.x, p.y, batch_size, s.dev) if sensitivity else None
         outcomes = attack_all(s, p.y, correct, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
                               cascade=cascade, store=store, resume=resume, progress=progress, attackable=finite)
         budget = None
         if checks:
-            s.guard.stage = "the validity checks"
+            s.model.stage = "the validity checks"
             sub = (correct & finite).nonzero().flatten()[:checks_n]
             budget = validity.budget_checks(s.model, s.x[sub], p.y[sub], p.eps, p.norm, seed, s.dev, batch_size) \
                 if len(sub) else None
@@ -534,7 +532,7 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         if teachers:
             from .distill import distillation_metrics
 
-            s.guard.stage = "the distillation metrics"
+            s.model.stage = "the distillation metrics"
             train_x = train_y = None
             ds = p.dataset
             if ds is not None and knn_reference and ds.train is not None:

@@ -70,10 +70,9 @@ class ResultStore:
             self._check()
             if not readonly:
                 self.db.executescript(SCHEMA)
-                with self.db:  # a write now, so a read-only store fails before the evaluation, not after
-                    self.db.execute("DELETE FROM evaluations WHERE key = ''")
-                    self.db.execute("INSERT INTO evaluations (key, identity) VALUES ('', '')")
-                    self.db.execute("DELETE FROM evaluations WHERE key = ''")
+                # a write now, rolled back, so a read-only store fails before the evaluation, not after
+                self.db.execute("INSERT INTO evaluations (key, identity) VALUES ('', '')")
+                self.db.rollback()
         except sqlite3.DatabaseError as e:
             raise KdbenchError(f"results store {self.path}: {e}") from None
         except OSError as e:
