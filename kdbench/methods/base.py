@@ -93,5 +93,25 @@ class Method:
         pass
 
 
+def student_passes(student: nn.Module, order: str, x: torch.Tensor, x_adv: torch.Tensor
+                   ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The student's train-mode forward passes in an official script's order and count, ``order``
+    a string over ``a`` (x') and ``n`` (x) (docs/methods.md, "Forward passes").  BatchNorm's running
+    statistics move with every train-mode pass, so the evaluated model depends on the order and
+    count; the gradient does not: in train mode BatchNorm normalises by the batch, so a repeated
+    pass gives the same logits.  The loss therefore uses each input's first pass and a repeat runs
+    without gradient, moving the statistics as the script's extra pass does.  Returns
+    (S(x'), S(x)); an input absent from ``order`` gives None."""
+    out: Dict[str, torch.Tensor] = {}
+    for c in order:
+        inp = x_adv if c == "a" else x
+        if c in out:
+            with torch.no_grad():
+                student(inp)
+        else:
+            out[c] = student(inp)
+    return out.get("a"), out.get("n")
+
+
 def get_method(name: str):
     return METHODS.get(name)

@@ -13,7 +13,10 @@ Outer (Eq. 1): CE(S(x~), y) + sum_j w_j KL(S^(T_j)(x~) || T_j(x~)), w = softmax(
 Switches for the released code (docs/methods.md §6.3-6.6): ``normalise_weights: false`` (w_j = exp(-CE_j)),
 ``kl_direction: teacher`` (KL(T_j || S^(T_j))), ``phases: [50, 118]`` (CE only, then CE + KD, then
 KD only), ``skip_ce: 8`` (skip a batch whose student CE exceeds 8), ``teacher_train_mode: true``
-(teachers left in train mode: one implicit dropout sample per step, BN on batch statistics)."""
+(teachers left in train mode: one implicit dropout sample per step, BN on batch statistics).
+With ``phases``, the CE-only phase runs no teacher, as the release (whose train-mode teachers
+would otherwise move their own BN statistics); tests/methods/test_official_steps.py compares a
+step in each phase with the released script."""
 import torch
 import torch.nn.functional as F
 
@@ -63,9 +66,11 @@ class DARHT(Method):
     def loss(self, student, x, x_adv, y):
         xt = x if x_adv is None else x_adv
         logits, stf = student(xt, return_stf=True)
-        teachers = [self.teacher(i, xt) for i in range(len(self.teacher_models))]
         if self.p["skip_ce"] is not None and F.cross_entropy(logits, y).item() > self.p["skip_ce"]:
             return None, logits
         ce, kd = self.weights(1.0, 1.0)
+        if not kd:  # the release's CE-only phase runs no teacher (in train mode they would move BN statistics)
+            return F.cross_entropy(logits, y), logits
+        teachers = [self.teacher(i, xt) for i in range(len(self.teacher_models))]
         return losses.darht_loss(s_adv=logits, stf=stf, t_adv=teachers, y=y, ce=ce, kd=kd,
                                  normalise=self.p["normalise_weights"], kl_direction=self.p["kl_direction"]), logits

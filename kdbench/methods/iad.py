@@ -5,9 +5,15 @@ IAD-I  (one teacher): ARD with tau = 1 and batchmean, plus from epoch ``begin`` 
 introspection term (1 - w) KL(S(x) || S(x')), w = softmax(T(x'))_y ** beta (no gradient).
 IAD-II (teachers: adversarial, then standard): both see x'; the adversarial teacher's term is
 weighted by w.  ``begin: null`` resolves to 30 % (IAD-I) / 20 % (IAD-II) of the epochs --
-the official 60 / 40 of 200; paper-scale configs set 60 / 40 explicitly."""
+the official 60 / 40 of 200; paper-scale configs set 60 / 40 explicitly.
+
+Forward passes (``official_passes``, default true): the student's train-mode passes in the order
+and count of the official scripts, which BatchNorm's running statistics follow (IAD-I.py and
+IAD-II.py at ZFancy/IAD a8091a8): IAD-I runs S(x'), S(x') again (``basicop``), then S(x) once per
+term that uses it (the introspection term from ``begin``, and the CE term even at alpha = 1);
+IAD-II runs S(x') and, from ``begin``, S(x).  ``false`` runs S(x'), S(x) once each."""
 from .. import losses
-from .base import METHODS
+from .base import METHODS, student_passes
 from ..attacks.pgd import ce_pgd
 from .ard import ARD
 
@@ -15,7 +21,8 @@ from .ard import ARD
 @METHODS.register("iad", "iad-i")
 class IAD(ARD):
     name = "iad"
-    params = {"alpha": 1.0, "tau": 1.0, "beta": 0.1, "begin": None, "released_lr_schedule": False}
+    params = {"alpha": 1.0, "tau": 1.0, "beta": 0.1, "begin": None, "released_lr_schedule": False,
+              "official_passes": True}
     num_teachers = (1, 1)
     begin_frac = 0.3
 
@@ -27,14 +34,15 @@ class IAD(ARD):
         b = self.p["begin"]
         self.begin = int(round(self.begin_frac * epochs)) if b is None else int(b)
 
-    def _trust(self, x_adv, y):
-        if self.epoch < self.begin:
-            return None
-        return losses.iad_trust(self.teacher(0, x_adv), y, self.p["beta"])
+    def passes(self, started: bool) -> str:
+        """IAD-I.py's train(): outputs = S(x'), basicop = S(x'), then S(x) in the self term (from
+        ``begin``) and in the CE term."""
+        return ("aann" if started else "aan") if self.p["official_passes"] else "an"
 
     def loss(self, student, x, x_adv, y):
-        w = self._trust(x_adv, y)
-        s_adv, s_nat = student(x_adv), student(x)
+        started = self.epoch >= self.begin
+        w = losses.iad_trust(self.teacher(0, x_adv), y, self.p["beta"]) if started else None
+        s_adv, s_nat = student_passes(student, self.passes(started), x, x_adv)
         return losses.iad_loss(s_nat=s_nat, s_adv=s_adv, y=y, w=w, t_nat=self.teacher(0, x), variant="I",
                                alpha=self.p["alpha"], tau=self.p["tau"]), s_adv
 
@@ -43,14 +51,19 @@ class IAD(ARD):
 class IAD2(IAD):
     name = "iad-ii"
     params = {"alpha1": 0.5, "alpha2": 0.25, "tau": 1.0, "beta": 0.1, "begin": None,
-              "released_lr_schedule": False}
+              "released_lr_schedule": False, "official_passes": True}
     num_teachers = (2, 2)
     begin_frac = 0.2
 
+    def passes(self, started: bool) -> str:
+        """IAD-II.py's train(): outputs = S(x'), and S(x) only inside the self term (from ``begin``)."""
+        return ("an" if started else "a") if self.p["official_passes"] else "an"
+
     def loss(self, student, x, x_adv, y):
         t_adv = self.teacher(0, x_adv)
-        w = None if self.epoch < self.begin else losses.iad_trust(t_adv, y, self.p["beta"])
-        s_adv, s_nat = student(x_adv), student(x)
+        started = self.epoch >= self.begin
+        w = losses.iad_trust(t_adv, y, self.p["beta"]) if started else None
+        s_adv, s_nat = student_passes(student, self.passes(started), x, x_adv)
         return losses.iad_loss(s_nat=s_nat, s_adv=s_adv, y=y, w=w, t_adv=t_adv, t_std_adv=self.teacher(1, x_adv),
                                variant="II", alpha1=self.p["alpha1"], alpha2=self.p["alpha2"],
                                tau=self.p["tau"]), s_adv

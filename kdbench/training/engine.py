@@ -204,6 +204,37 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+
+class NonFiniteLoss(KdbenchError):
+    """The loss of a batch is NaN or infinite (the loop adds the epoch and the checkpoint kept)."""
+
+
+def train_step(method, student: nn.Module, wrapped: nn.Module, x, y, optimizer, scaler=None,
+               autocast=nullcontext):
+    """One batch, as every method trains: ``x' = method.perturb(student, x, y)``, the student in
+    train mode, ``method.loss(wrapped, x, x', y)``, one optimizer step.  Returns (loss, logits),
+    or None when the method skips the batch; the step is what tests/methods/test_official_steps.py
+    compares with each official script."""
+    with autocast():
+        x_adv = method.perturb(student, x, y)
+    student.train()
+    with autocast():
+        loss, logits = method.loss(wrapped, x, x_adv, y)
+    if loss is None:
+        return None
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, logits
+
+
 def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, trust_code: bool = False) -> List[dict]:
     """Train ``cfg.method`` into run directory ``out``; returns the metrics history.  On
     ``resume`` the run's own config is used; code it names (a ``file.py:factory`` teacher) is
@@ -322,21 +353,15 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, tr
                                     augment=augment):
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with autocast():
-                        x_adv = method.perturb(student, x, y)
-                    student.train()
-                    with autocast():
-                        loss, logits = method.loss(wrapped, x, x_adv, y)
-                    if loss is None:  # the method skips this batch (DARHT's released skip-if-CE>8)
+                    try:
+                        stepped = train_step(method, student, wrapped, x, y, optimizer, scaler, autocast)
+                    except NonFiniteLoss as e:
+                        raise KdbenchError(f"{e} at epoch {epoch + 1}; lower the learning rate (the last good "
+                                           f"checkpoint is kept in {out})") from None
+                    if stepped is None:  # the method skips this batch (DARHT's released skip-if-CE>8)
                         bar.update(task, advance=1)
                         continue
-                    if not torch.isfinite(loss):
-                        raise KdbenchError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning "
-                                           f"rate (the last good checkpoint is kept in {out})")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    loss, logits = stepped
                     loss_sum += loss.item() * len(y)
                     correct += (logits.argmax(1) == y).sum().item()
                     seen += len(y)
