@@ -24,3 +24,16 @@ def autoattack_run(attacks: Optional[List[str]], eps, norm, seed, version="stand
 
     run.batch_size = 500  # evaluate() sets its own batch size
     return run
+
+
+def fab_minimal_run(norm: str, seed: int, n_iter: int = 100):
+    """FAB as a minimal-norm attack: ``FABAttack_PT`` untargeted with one restart and eps = inf,
+    so ``perturb`` returns FAB's smallest adversarial example for every point it fooled (with a
+    finite eps it keeps only those within eps; more restarts would then attack no point)."""
+    def run(model, x, y):
+        from pyautoattack.fab_pt import FABAttack_PT
+
+        return FABAttack_PT(model, n_restarts=1, n_iter=n_iter, eps=float("inf"), norm=norm, seed=seed,
+                            device=x.device).perturb(x, y)
+
+    return run

@@ -1,14 +1,19 @@
 """Minimal-perturbation attacks (seed 000's rho_adv): DeepFool (torchattacks, ART), Carlini-Wagner
 L2 (kdbench's batched binary search by default; torchattacks and ART at a fixed constant), and
-kdbench's batched CW-L0 and CW-L-inf (:mod:`kdbench.attacks.cw`).  Each reports the distance it
-found (its ``min_norm``); robust accuracy counts a point broken when that distance is within the
-evaluation's budget."""
+kdbench's batched CW-L0 and CW-L-inf (:mod:`kdbench.attacks.cw`); the strongest minimal-norm
+attacks through libraries (FMN and DDN from foolbox, FAB from pyautoattack); and the ensembles
+``min-l0``, ``min-l2``, ``min-linf``: per point the smallest verified distance over their members.
+Each reports the distance it found (its ``min_norm``); robust accuracy counts a point broken when
+that distance is within the evaluation's budget."""
 from __future__ import annotations
 
 import torch
 
 from ..adapters.art import art_run
+from ..adapters.autoattack import fab_minimal_run
+from ..adapters.foolbox import foolbox_run
 from ..adapters.torchattacks import torchattacks_run
+from ..errors import KdbenchError
 from .registry import Built, register_attack
 
 
@@ -67,3 +72,122 @@ def cw_l0(eps, norm, seed, num_classes, backend, c0=1e-3, c_max=2e6, steps=1000,
 def cw_linf_min(eps, norm, seed, num_classes, backend, c0=1e-5, c_max=20.0, steps=1000, lr=5e-3, decrease=0.9):
     run = native_cw("cw_linf", c0=c0, c_max=c_max, steps=steps, lr=lr, decrease=decrease)
     return Built(run, _minimal(norm, eps, c0=c0, c_max=c_max, steps=steps, lr=lr, decrease=decrease))
+
+
+# ---- the strongest minimal-norm attacks, through libraries (foolbox, pyautoattack) -------------
+# foolbox 3.3.4 was chosen over adv-lib 0.2.8 by trying both here: adv-lib's attacks package
+# imports torchvision (through its LPIPS distance) and visdom at import time, so it cannot load
+# next to a torch without a matching torchvision; foolbox needs only eagerpy.  FAB comes from
+# pyautoattack (a core dependency).  docs/evaluate.md, "Minimal perturbation", has the measurements.
+
+@register_attack("fmn-l2", backends=("foolbox",), builtin=True, min_norm="L2")
+def fmn_l2(eps, norm, seed, num_classes, backend, steps=100, max_stepsize=1.0, gamma=0.05, binary_search_steps=10):
+    """Fast Minimum-Norm L2 (Pintor et al., NeurIPS 2021), foolbox's L2FMNAttack."""
+    p = dict(steps=steps, max_stepsize=max_stepsize, gamma=gamma, binary_search_steps=binary_search_steps)
+    return Built(foolbox_run("L2FMNAttack", **p), _minimal(norm, eps, **p))
+
+
+@register_attack("fmn-linf", backends=("foolbox",), builtin=True, min_norm="Linf")
+def fmn_linf(eps, norm, seed, num_classes, backend, steps=100, max_stepsize=1.0, gamma=0.05, binary_search_steps=10):
+    """Fast Minimum-Norm L-inf, foolbox's LInfFMNAttack."""
+    p = dict(steps=steps, max_stepsize=max_stepsize, gamma=gamma, binary_search_steps=binary_search_steps)
+    return Built(foolbox_run("LInfFMNAttack", **p), _minimal(norm, eps, **p))
+
+
+@register_attack("fmn-l0", backends=("foolbox",), builtin=True, min_norm="L0")
+def fmn_l0(eps, norm, seed, num_classes, backend, steps=100, max_stepsize=1.0, gamma=0.05, binary_search_steps=10):
+    """Fast Minimum-Norm L0, foolbox's L0FMNAttack (it counts changed entries; kdbench's L0
+    counts changed pixels, the same on one-channel images and never more on others)."""
+    p = dict(steps=steps, max_stepsize=max_stepsize, gamma=gamma, binary_search_steps=binary_search_steps)
+    return Built(foolbox_run("L0FMNAttack", **p), {**_minimal(norm, eps, **p), "l0": "changed pixels"})
+
+
+@register_attack("ddn", backends=("foolbox",), builtin=True, min_norm="L2")
+def ddn(eps, norm, seed, num_classes, backend, steps=100, init_epsilon=1.0, gamma=0.05):
+    """Decoupled Direction and Norm (Rony et al., CVPR 2019), foolbox's DDNAttack."""
+    p = dict(steps=steps, init_epsilon=init_epsilon, gamma=gamma)
+    return Built(foolbox_run("DDNAttack", **p), _minimal(norm, eps, **p))
+
+
+@register_attack("fab-l2", backends=("autoattack",), builtin=True, min_norm="L2")
+def fab_l2(eps, norm, seed, num_classes, backend, n_iter=100):
+    """FAB L2 (Croce & Hein, ICML 2020) as a minimal-norm attack: pyautoattack's FABAttack_PT,
+    untargeted, one run, no budget (eps = inf)."""
+    return Built(fab_minimal_run("L2", seed, n_iter), _minimal(norm, eps, n_iter=n_iter, seed=seed))
+
+
+@register_attack("fab-linf", backends=("autoattack",), builtin=True, min_norm="Linf")
+def fab_linf(eps, norm, seed, num_classes, backend, n_iter=100):
+    """FAB L-inf, as ``fab-l2``."""
+    return Built(fab_minimal_run("Linf", seed, n_iter), _minimal(norm, eps, n_iter=n_iter, seed=seed))
+
+
+# ---- ensembles: rho_adv per norm as the per-point minimum over the strongest attacks ------------
+
+# the default members, chosen by measurement (docs/evaluate.md, "Minimal perturbation")
+# (fmn-l0 at its 100 steps found no example for 14 % of the Fashion-MNIST PGD-AT model's points, at
+# 1000 steps one for every point, yet on some points a larger one than at 100 steps: both run)
+ENSEMBLES = {"L0": "fmn-l0+fmn-l0:steps=1000", "L2": "ddn+fab-l2", "Linf": "fmn-linf+fab-linf"}
+
+
+def minimum_over(distances: list) -> tuple:
+    """Per point, the smallest of the members' verified distances (inf where none succeeded) and
+    the index of the member that found it: an ensemble is never above its best member."""
+    d = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in distances])
+    best, which = d.min(0)
+    return best, which
+
+
+def _ensemble(dist_norm: str, members: str, eps, norm, seed, num_classes):
+    from .cw import distance
+    from .registry import build_attack
+
+    names = [m.strip() for m in str(members).split("+") if m.strip()]
+    if not names:
+        raise KdbenchError(f"min-{dist_norm.lower()}: members must name at least one attack (a+b+c)")
+    built = [build_attack(m, eps, norm, seed, num_classes) for m in names]
+    for m in built:
+        if m.min_norm != dist_norm:
+            raise KdbenchError(f"min-{dist_norm.lower()}: member {m.key!r} is not a minimal-perturbation attack in "
+                               f"{dist_norm} (its distance: {m.min_norm or 'none'})")
+
+    def run(model, x, y):
+        """Each member, every x' re-checked (prediction, [0, 1]) and its distance taken in float64;
+        per point the x' of the smallest.  ``kdbench evaluate`` derives the same minimum from the
+        members' own recorded outcomes instead (pipeline.attack_all), so each keeps its cost."""
+        cands, dists = [], []
+        for m in built:
+            xa = m.run(model, x, y).detach().to(x.dtype)
+            with torch.no_grad():
+                fooled = (model(xa).argmax(1) != y) & (xa.flatten(1).min(1).values >= 0) & \
+                    (xa.flatten(1).max(1).values <= 1) & torch.isfinite(xa.flatten(1)).all(1)
+            d = distance(xa.double() - x.double(), dist_norm)
+            cands.append(xa)
+            dists.append(torch.where(fooled, d, torch.full_like(d, float("inf"))))
+        best, which = minimum_over(dists)
+        out = x.clone()
+        for i, xa in enumerate(cands):
+            pick = (which == i) & torch.isfinite(best)
+            out[pick] = xa[pick]
+        return out
+
+    return Built(run, {**_minimal(norm, eps, members=names), "ensemble": True},
+                 extra={"members": built})
+
+
+@register_attack("min-l0", backends=("kdbench",), builtin=True, min_norm="L0")
+def min_l0(eps, norm, seed, num_classes, backend, members=ENSEMBLES["L0"]):
+    """rho_adv's L0 minimum over ``members`` (attack names joined by +)."""
+    return _ensemble("L0", members, eps, norm, seed, num_classes)
+
+
+@register_attack("min-l2", backends=("kdbench",), builtin=True, min_norm="L2")
+def min_l2(eps, norm, seed, num_classes, backend, members=ENSEMBLES["L2"]):
+    """rho_adv's L2 minimum over ``members``."""
+    return _ensemble("L2", members, eps, norm, seed, num_classes)
+
+
+@register_attack("min-linf", backends=("kdbench",), builtin=True, min_norm="Linf")
+def min_linf(eps, norm, seed, num_classes, backend, members=ENSEMBLES["Linf"]):
+    """rho_adv's L-inf minimum over ``members``."""
+    return _ensemble("Linf", members, eps, norm, seed, num_classes)

@@ -152,6 +152,18 @@ class AttackOutcome:
     composition: Dict[str, Dict[str, int]] = field(default_factory=dict)
     not_evaluated: Optional[torch.Tensor] = None  # points the attack could not process (never robust)
     outside_budget: int = 0  # misclassified outputs outside the budget or [0, 1]: no credit, flagged
+    best_of: Optional[Dict[str, int]] = None  # an ensemble: per member, the points where it found the minimum
+
+
+def with_members(built: List[Attack]) -> List[Attack]:
+    """The attacks to run: an ensemble's members (``min-l2``'s ddn, fmn-l2, ...) run as attacks of
+    their own, before it and once each, so each keeps its distances and cost in the result."""
+    out: List[Attack] = []
+    for a in built:
+        for m in a.extra.get("members", []) + [a]:
+            if all((o.key, o.params) != (m.key, m.params) for o in out):
+                out.append(m)
+    return out
 
 
 def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size, force: bool = False) -> Plan:
@@ -217,7 +229,7 @@ def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, 
     if int(y.max()) >= num_classes or int(y.min()) < 0:
         raise KdbenchError(f"labels range over [{int(y.min())}, {int(y.max())}] but the model has "
                            f"{num_classes} outputs")
-    built = [build_attack(s, p.eps, p.norm, seed, num_classes) for s in p.specs]
+    built = with_members([build_attack(s, p.eps, p.norm, seed, num_classes) for s in p.specs])
     for a in built:
         if a.library_batches:
             a.run.batch_size = batch_size
@@ -340,10 +352,13 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
     with bar:
         for a in s.attacks:
             s.model.stage = f"attack {a.key}"
+            if a.extra.get("members"):
+                done.append(ensemble_outcome(a, done, correct & attackable))
+                continue
             robust = correct.clone()
             nev = correct & ~attackable
             composition: dict = {}  # composed AutoAttack: which components were reused or run
-            dists = torch.zeros(n_total)  # clean-misclassified points need no perturbation
+            dists = torch.zeros(n_total, dtype=torch.float64)  # clean-misclassified points need no perturbation
             fwd0, bwd0 = s.counted.forward_images, s.counted.backward_images
             stored_f = stored_b = 0
             t0 = time.time()
@@ -356,7 +371,7 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
                     robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
                     nev[idx] = torch.tensor(part["not_evaluated"], dtype=torch.bool)
                     if a.min_norm:
-                        dists[idx] = torch.tensor(part["distances"], dtype=torch.float32)
+                        dists[idx] = torch.tensor(part["distances"], dtype=torch.float64)
                     stored_f += part["forward"]
                     stored_b += part["backward"]
                     stored_seconds += part["seconds"]
@@ -400,6 +415,31 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
     return done
 
 
+def ensemble_outcome(a: Attack, done: List[AttackOutcome], evaluable: torch.Tensor) -> AttackOutcome:
+    """An ensemble (``min-l2`` ...) from its members' outcomes, already run and re-checked: per
+    point the smallest member distance (``minimal.minimum_over``), robust where every member left
+    the point robust, not evaluated where no member broke it and one could not process it; its
+    cost is the members' sum; ``best_of`` counts, per member, the points where it found the
+    minimum (first member on ties)."""
+    from ..attacks.minimal import minimum_over
+
+    outs = [next(o for o in done if (o.attack.key, o.attack.params) == (m.key, m.params))
+            for m in a.extra["members"]]
+    best, which = minimum_over([torch.where(torch.isnan(o.distances), float("inf"), o.distances) for o in outs])
+    nevs = [o.not_evaluated if o.not_evaluated is not None else torch.zeros_like(evaluable) for o in outs]
+    broken = torch.zeros_like(evaluable)
+    for o, bad in zip(outs, nevs):
+        broken |= evaluable & ~o.robust & ~bad
+    nev = torch.stack(nevs).any(0) & ~broken
+    robust = evaluable & ~broken & ~nev
+    best = torch.where(nev, torch.full_like(best, float("nan")), best)
+    solved = torch.isfinite(best) & (best > 0)
+    best_of = {m.key: int(((which == i) & solved).sum()) for i, m in enumerate(a.extra["members"])}
+    return AttackOutcome(a, robust, best, sum(o.seconds for o in outs),
+                         Passes(sum(o.passes.forward for o in outs), sum(o.passes.backward for o in outs)), {},
+                         nev, 0, best_of)
+
+
 def _summary(flags: List[bool], labels: List[int], num_classes: int, clean: float) -> dict:
     s = metrics.summary(flags, labels, num_classes, clean)
     s["worst_class"] = WorstClass(**{"cls": s["worst_class"]["class"],
@@ -427,7 +467,8 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
         attacks[a.key] = AttackResult(**summ, backend=a.backend, params=a.params, seconds=o.seconds, passes=o.passes,
                                       note="cascade: attacked only points robust to the earlier attacks "
                                            "(cumulative)" if cascade else None,
-                                      composition=o.composition or None, not_evaluated=len(nev) or None)
+                                      composition=o.composition or None, not_evaluated=len(nev) or None,
+                                      best_of=o.best_of)
         per_sample.robust[a.key] = flags
         if nev:
             per_sample.not_evaluated = per_sample.not_evaluated or {}
@@ -573,7 +614,7 @@ def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_
 
     broken = torch.zeros(len(target), dtype=torch.bool)
     invalid = torch.zeros(len(target), dtype=torch.bool)
-    dist = torch.full((len(target),), float("inf"))
+    dist = torch.full((len(target),), float("inf"), dtype=torch.float64)
     outside = [0]
     if len(target) == 0:
         return broken, dist, invalid, 0
@@ -607,7 +648,7 @@ def _attack_chunk(a: Attack, counted, model, x, y, target, dev, batch_size, rng_
         if not a.min_norm:
             outside[0] += int((ok & (pred != yb) & ~(in_box & inside)).sum())
         if a.min_norm:
-            d = distance(xa - xb, a.min_norm).cpu()
+            d = distance(xa.double() - xb.double(), a.min_norm).cpu()  # the norm in float64
             dist[s:s + step] = torch.where((ok & fooled).cpu(), d, torch.full_like(d, float("inf")))
         advance(len(sel))
     return broken, dist, invalid, outside[0]

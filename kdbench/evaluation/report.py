@@ -36,6 +36,9 @@ def print_table(r: EvalResult) -> None:
             parts = [f"{k} (reused)" if v["reused_chunks"] and not v["attacked_points"] else
                      f"{k} (run on {v['attacked_points']} points)" for k, v in a.composition.items()]
             c.print(f"{name}: AutoAttack standard composed per point from {', '.join(parts)}")
+        if a.best_of:
+            c.print(f"{name}: the per-point minimum over {', '.join(a.best_of)}; the smallest distance came from "
+                    + ", ".join(f"{k} on {v} points" for k, v in a.best_of.items()))
     if r.min_perturbation:
         m = Table(title="minimal perturbation (rho_adv, over clean-correct points)")
         for col in ("attack", "norm", "success", "mean", "median", "max"):

@@ -116,6 +116,7 @@ class AttackResult:
     passes: Passes = field(default_factory=Passes)
     composition: Optional[Dict[str, Dict[str, int]]] = _opt()  # composed AutoAttack: reused / run components
     not_evaluated: Optional[int] = _opt()  # points the attack could not process (counted as not robust)
+    best_of: Optional[Dict[str, int]] = _opt()  # an ensemble: per member, the points where it found the minimum
 
 
 @dataclass
