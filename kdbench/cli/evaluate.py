@@ -56,8 +56,16 @@ def add_evaluate(sub):
 
 
 def split_attacks(text: str):
-    """``pgd:steps=20;step_size=0.01,fgsm`` -> ['pgd:steps=20,step_size=0.01', 'fgsm']."""
-    return [a.strip().replace(";", ",") for a in text.split(",") if a.strip()]
+    """``pgd:steps=20;step_size=0.01,fgsm`` -> ['pgd:steps=20,step_size=0.01', 'fgsm'].  A list
+    item that is a bare ``key=value`` is a parameter written after a comma: refused, saying what
+    to write instead."""
+    items = [a.strip() for a in text.split(",") if a.strip()]
+    for i, a in enumerate(items):
+        if "=" in a and ":" not in a.split("=", 1)[0]:
+            prev = items[i - 1] if i else "NAME:..."
+            raise KdbenchError(f"--attacks {text!r}: {a!r} is not an attack; separate the parameters of one attack "
+                               f"with ';' (write {prev + ';' + a!r})")
+    return [a.replace(";", ",") for a in items]
 
 
 def cmd_evaluate(args) -> int:
@@ -83,6 +91,7 @@ def cmd_evaluate(args) -> int:
         raise KdbenchError(f"--eps must be positive, got {args.eps}")
     if args.batch_size <= 0:
         raise KdbenchError(f"--batch-size must be positive, got {args.batch_size}")
+    attacks = split_attacks(args.attacks) if args.attacks else None
     out = check_writable_file(args.out) if args.out else None  # before any work, not after it
     if out is not None:
         clean_stale(out.parent)
@@ -102,7 +111,6 @@ def cmd_evaluate(args) -> int:
         teachers.append(resolve_model(spec, info.num_classes, info.in_channels, info.input_size).model)
     if args.tsne and not teachers:
         raise KdbenchError("--tsne needs a teacher (--teacher SPEC, or a run directory with teachers)")
-    attacks = split_attacks(args.attacks) if args.attacks else None
     kwargs = dict(dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,

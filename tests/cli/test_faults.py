@@ -361,3 +361,18 @@ def test_bad_result_files_are_one_line(capsys, tmp_path):
         for args in (["check", bad, "--baseline", a], ["check", a, "--baseline", bad]):
             rc, _, err = cli(capsys, *args)
             assert rc == 2 and one_line(err), (content, err)
+
+
+def test_a_comma_between_an_attacks_parameters_says_what_to_write(capsys, tmp_path):
+    """``pgd:steps=5,step_size=0.002`` splits into an attack and a bare parameter: one line naming
+    the ';' form, before any model is built (the marker model is never imported)."""
+    spec, marker = marker_model(tmp_path)
+    rc, _, err = cli(capsys, "evaluate", "--model", spec, "--dataset", "digits", "--db", "", "--n", "4",
+                     "--attacks", "fgsm,pgd:steps=5,step_size=0.002", "--no-progress")
+    assert rc == 2 and one_line(err, "'step_size=0.002' is not an attack", "'pgd:steps=5;step_size=0.002'"), err
+    assert not marker.exists()
+    # an ensemble's members (key=value with a member's own ':') stay one attack
+    from kdbench.cli.evaluate import split_attacks
+
+    assert split_attacks("min-l0:members=fmn-l0+fmn-l0:steps=1000,pgd:steps=5;step_size=0.002") == \
+        ["min-l0:members=fmn-l0+fmn-l0:steps=1000", "pgd:steps=5,step_size=0.002"]
