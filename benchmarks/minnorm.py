@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -45,12 +44,12 @@ def load(spec):
 
 
 def run(model, x, y, specs):
-    t = time.time()
+    """Per attack: distances and (seconds, passes); and the clean-correct mask."""
     d = evaluate(model, x, y, attacks=specs, eps=1e-3, device="cpu", checks=False, sensitivity=False).to_dict()
     dist = {k: torch.tensor(v, dtype=torch.float64) for k, v in d["per_sample"]["min_distance"].items()}
     att = d["attacks"]
     cost = {k: (att[k]["seconds"], att[k]["passes"]["forward"] + att[k]["passes"]["backward"]) for k in dist}
-    return dist, cost, torch.tensor(d["per_sample"]["correct_clean"]), time.time() - t, d
+    return dist, cost, torch.tensor(d["per_sample"]["correct_clean"])
 
 
 def main():
@@ -73,11 +72,11 @@ def main():
         for norm in a.norms.split(","):
             dist, cost = {}, {}
             ens = f"min-{norm.lower()}"
-            d, c, correct, _, _ = run(model, x, y, [ens, *OTHERS[norm]])
+            d, c, correct = run(model, x, y, [ens, *OTHERS[norm]])
             dist.update(d), cost.update(c)
             k = min(a.cw_n, len(y))
             if k:
-                d, c, _, _, _ = run(model, x[:k], y[:k], [CW[norm]])
+                d, c, _ = run(model, x[:k], y[:k], [CW[norm]])
                 dist[CW[norm]] = torch.cat([d[CW[norm]], torch.full((len(y) - k,), math.nan, dtype=torch.float64)])
                 cost.update(c)
             ens_key = ens

@@ -224,14 +224,11 @@ def train_step(method, student: nn.Module, wrapped: nn.Module, x, y, optimizer, 
         return None
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"loss became {loss.item()}")
+    scaler = scaler or torch.amp.GradScaler(enabled=False)  # disabled: a plain backward and step
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return loss, logits
 
 
