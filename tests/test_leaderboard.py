@@ -157,8 +157,8 @@ def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
     assert "no regression" in r.stdout
     r = run_cli("check", tmp_path / "again.json", "--baseline", tmp_path / "res" / "teacher.json")
     assert r.returncode == 0 and "paired McNemar" in r.stdout, r.stdout
-    r = run_cli("evaluate", "--model", "smallcnn", "--dataset", "digits", "--n", 150, "--attacks", "fgsm,pgd",
-                "--db", "", "--no-checks", "--out", tmp_path / "weak.json", "--no-progress")
+    r = run_cli("evaluate", "--model", "smallcnn", "--random-weights", "--dataset", "digits", "--n", 150,
+                "--attacks", "fgsm,pgd", "--db", "", "--no-checks", "--out", tmp_path / "weak.json", "--no-progress")
     r = run_cli("check", tmp_path / "weak.json", "--baseline", tmp_path / "board.csv", "--row", "teacher",
                 "--metric", "pgd")
     assert r.returncode == 1 and "REGRESSION" in r.stdout

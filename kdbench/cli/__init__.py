@@ -11,11 +11,26 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import KdbenchError
+from .argtypes import budget
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2 (argparse's code), no usage dump
         raise KdbenchError(f"{message} (see '{self.prog} --help')")
+
+
+class _Help(argparse.HelpFormatter):
+    """--help names each option's default where it has one (not None / off)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "%(default)" in h or "default" in h or action.default in (None, False, argparse.SUPPRESS, []):
+            return h
+        return f"{h} (default: %(default)s)" if h else "default: %(default)s"
 
 
 def _add_train(sub):
@@ -29,7 +44,8 @@ def _add_train(sub):
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--eps", type=float, help="training L-inf budget (default: the dataset's)")
+    p.add_argument("--eps", type=budget, help="training L-inf budget, a number or a fraction such as 8/255 "
+                                              "(default: the dataset's, docs/guide.md)")
     p.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     p.add_argument("--config", help="YAML config; flags override it")
     p.add_argument("--seed", type=int)
@@ -123,8 +139,9 @@ def cmd_train(args) -> int:
 
 
 def _add_list(sub):
-    p = sub.add_parser("list", help="list registered datasets, models, methods")
-    p.add_argument("what", choices=["datasets", "models", "methods", "all"], nargs="?", default="all")
+    p = sub.add_parser("list", help="list registered datasets, models, methods, attacks and suites")
+    p.add_argument("what", choices=["datasets", "models", "methods", "attacks", "suites", "all"], nargs="?",
+                   default="all")
     p.set_defaults(func=cmd_list)
 
 
@@ -133,9 +150,21 @@ def cmd_list(args) -> int:
     from ..methods import METHODS
     from ..models import MODELS
 
+    from ..attacks import registry
+    from ..attacks.suites import SUITES
+
     for name, reg in (("datasets", DATASETS), ("models", MODELS), ("methods", METHODS)):
         if args.what in (name, "all"):
             print(f"{name}: {', '.join(reg.names())}")
+    if args.what in ("attacks", "all"):
+        print("attacks:")
+        for e in registry.entries():
+            kind = f"minimal {e.min_norm}" if e.min_norm else "/".join(e.norms)
+            print(f"  {e.name:<12} {kind:<12} backends: {', '.join(e.backends)} (default {e.default_backend})")
+    if args.what in ("suites", "all"):
+        print("suites:")
+        for name, specs in SUITES.items():
+            print(f"  {name:<9} {', '.join(specs)}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import KdbenchError
+from .argtypes import budget
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_WEIGHTS = ASSETS / "digits-smallcnn-pgdat.safetensors"
@@ -17,6 +18,8 @@ def add_evaluate(sub):
     p.add_argument("--model", help="run dir, ARCH (with --weights), file.py:factory, module:factory, "
                                    "robustbench:NAME")
     p.add_argument("--weights", help="weights file (.safetensors, or a plain state_dict .pt)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="evaluate an architecture name without --weights (its random initialisation)")
     p.add_argument("--dataset", help="dataset name, npz:PATH or folder:PATH (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--n", "--num-points", dest="n", type=int,
@@ -26,12 +29,13 @@ def add_evaluate(sub):
     g.add_argument("--attacks", help="comma-separated attack specs NAME[@BACKEND][:k=v;...] (use ';' between "
                                      "parameters inside a list)")
     g.add_argument("--suite", help="quick, standard or paper (default quick)")
-    p.add_argument("--eps", type=float, help="budget (default: the dataset's)")
-    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eps", type=budget, help="budget, a number or a fraction such as 8/255 (default: the "
+                                              "dataset's for --norm, docs/guide.md)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model of --eps (pixel units in [0, 1])")
+    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch")
     p.add_argument("--chunk-size", type=int, default=1024, help="points per resume/shard unit")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="attack seed")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--cascade", action="store_true", help="attack only points still robust (same worst case)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory layout (fast on CUDA); "
                                                                 "attacks always run in fp32")
@@ -53,6 +57,14 @@ def add_evaluate(sub):
                    help="allow a run directory's config to name code to import (file.py:factory teachers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _is_arch(spec: str) -> bool:
+    """A registered architecture name (not a run dir, file.py:factory or robustbench:NAME)."""
+    from ..models import MODELS
+    from ..rundir import is_run_dir
+
+    return not is_run_dir(spec) and ":" not in spec and spec in MODELS
 
 
 def split_attacks(text: str):
@@ -83,6 +95,9 @@ def cmd_evaluate(args) -> int:
             raise KdbenchError("--weights needs --model ARCH")
         model_spec, weights = DEFAULT_MODEL, str(DEFAULT_WEIGHTS)
         dataset = dataset or DEFAULT_DATASET
+    if args.model is not None and weights is None and not args.random_weights and _is_arch(model_spec):
+        raise KdbenchError(f"--model {model_spec} is an architecture without --weights: its weights would be "
+                           "random; give --weights FILE, or --random-weights to evaluate it untrained")
     if dataset is None and is_run_dir(model_spec):
         dataset = read_run_config(model_spec)["dataset"]
     if dataset is None:

@@ -94,7 +94,7 @@ def digits(data_dir=None, download=True) -> Dataset:
     x = (d.images / 16.0).astype(np.float32)[:, None]
     perm = np.random.RandomState(0).permutation(len(x))
     tr, te = perm[:1297], perm[1297:]
-    info = DatasetInfo("digits", 10, 1, 8, 0.1, train_defaults={"model": "smallcnn", "epochs": 10, "batch_size": 32})
+    info = DatasetInfo("digits", 10, 1, 8, 0.1, eps_l2=0.5, train_defaults={"model": "smallcnn", "epochs": 10, "batch_size": 32})
     return Dataset(info, _to_set(x[te], d.target[te]), _to_set(x[tr], d.target[tr]))
 
 
@@ -116,7 +116,7 @@ def mnist5k(data_dir=None, download=True) -> Dataset:
         tr.extend(idx[:400])
         te.extend(idx[400:])
     tr, te = np.sort(tr), np.sort(te)
-    info = DatasetInfo("mnist5k", 10, 1, 28, 0.3)
+    info = DatasetInfo("mnist5k", 10, 1, 28, 0.3, eps_l2=2.0)
     return Dataset(info, _to_set(x[te], y[te]), _to_set(x[tr], y[tr]))
 
 
@@ -145,7 +145,7 @@ def mnist(data_dir=None, download=True) -> Dataset:
     root = Path(data_dir) if data_dir else default_data_dir()
     dirs = [root, root / "MNIST" / "raw", root / "mnist"]
     url = "https://ossci-datasets.s3.amazonaws.com/mnist/" if download else None
-    return _idx_dataset("mnist", dirs, url, DatasetInfo("mnist", 10, 1, 28, 0.3,
+    return _idx_dataset("mnist", dirs, url, DatasetInfo("mnist", 10, 1, 28, 0.3, eps_l2=2.0,
                                                         train_defaults={"model": "smallcnn", "epochs": 20}))
 
 
@@ -160,7 +160,7 @@ def fashion_mnist(data_dir=None, download=True) -> Dataset:
     url = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" if download else None
     if not download and not any(Path(d).exists() for d in dirs):
         raise _missing("fashion-mnist", Path(dirs[0]), None)
-    return _idx_dataset("fashion-mnist", dirs, url, DatasetInfo("fashion-mnist", 10, 1, 28, 0.1))
+    return _idx_dataset("fashion-mnist", dirs, url, DatasetInfo("fashion-mnist", 10, 1, 28, 0.1, eps_l2=1.5))
 
 
 def _cifar(name, data_dir, download, classes) -> Dataset:
@@ -169,7 +169,7 @@ def _cifar(name, data_dir, download, classes) -> Dataset:
     py_dir = root / ("cifar-10-batches-py" if c10 else "cifar-100-python")
     bin_dir = root / ("cifar-10-batches-bin" if c10 else "cifar-100-binary")
     url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if c10 else 'cifar-100'}-python.tar.gz"
-    info = DatasetInfo(name, classes, 3, 32, 8 / 255, Augment(crop_padding=4, flip=True),
+    info = DatasetInfo(name, classes, 3, 32, 8 / 255, Augment(crop_padding=4, flip=True), eps_l2=0.5,
                        train_defaults={"model": "resnet18", "epochs": 100})
     if not py_dir.exists() and not bin_dir.exists():
         if not download:
@@ -233,7 +233,7 @@ def svhn(data_dir=None, download=True) -> Dataset:
             p = root / f"{split}_32x32.mat"
             _download("svhn", url, p)
         out[split] = formats.svhn_mat(p)
-    info = DatasetInfo("svhn", 10, 3, 32, 8 / 255,
+    info = DatasetInfo("svhn", 10, 3, 32, 8 / 255, eps_l2=0.5,
                        train_defaults={"model": "resnet18", "epochs": 50, "optimizer.lr": 0.01})
     return Dataset(info, _to_set(*out["test"]), _to_set(*out["train"]))
 

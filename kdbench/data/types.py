@@ -44,9 +44,20 @@ class DatasetInfo:
     input_size: int
     eps: float  # default L-inf budget
     augment: Augment = field(default_factory=Augment)
+    eps_l2: Optional[float] = None  # default L2 budget (None: --norm L2 needs --eps)
     # training defaults for small runs: model, epochs, batch_size and dotted config keys
     # (paper-scale settings live in configs/); not part of to_dict (a run's recorded dataset_info)
     train_defaults: Dict[str, Any] = field(default_factory=lambda: {"model": "smallcnn", "epochs": 10})
+
+    def default_eps(self, norm: str) -> float:
+        """The dataset's default budget for ``norm`` (L-inf: ``eps``; L2: ``eps_l2``)."""
+        if norm == "L2":
+            if self.eps_l2 is None:
+                from ..errors import KdbenchError
+
+                raise KdbenchError(f"dataset {self.name} has no default L2 budget: give --eps (eps=...)")
+            return self.eps_l2
+        return self.eps
 
     def to_dict(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,

@@ -184,7 +184,7 @@ def plan(x, y, dataset, n, attacks, suite, eps, norm, batch_size, chunk_size, fo
         data = DatasetProvenance(ds.info.name, split="test", n=len(idx), subset_seed=0, subset_hash=h,
                                  data_hash=_data_hash(x, y))
         test_index = idx.tolist()
-        eps = ds.info.eps if eps is None else eps
+        eps = ds.info.default_eps(norm) if eps is None else eps
     elif x is None or y is None:
         raise KdbenchError("give x and y, or a dataset")
     validate_inputs(x, y)

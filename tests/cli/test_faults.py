@@ -376,3 +376,53 @@ def test_a_comma_between_an_attacks_parameters_says_what_to_write(capsys, tmp_pa
 
     assert split_attacks("min-l0:members=fmn-l0+fmn-l0:steps=1000,pgd:steps=5;step_size=0.002") == \
         ["min-l0:members=fmn-l0+fmn-l0:steps=1000", "pgd:steps=5,step_size=0.002"]
+
+
+def test_an_architecture_without_weights_is_refused_unless_random_weights(capsys, tmp_path):
+    """``--model smallcnn`` alone would evaluate a random initialisation: refused in one line;
+    ``--random-weights`` says it is meant (chance-level accuracy on digits)."""
+    rc, _, err = cli(capsys, "evaluate", "--model", "smallcnn", "--dataset", "digits", "--db", "", *FAST)
+    assert rc == 2 and one_line(err, "--model smallcnn is an architecture without --weights", "--random-weights"), err
+    out = tmp_path / "r.json"
+    rc, _, err = cli(capsys, "evaluate", "--model", "smallcnn", "--random-weights", "--dataset", "digits", "--db", "",
+                     "--out", out, *FAST)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["clean_accuracy"] < 0.5
+
+
+def test_eps_takes_fractions_and_l2_has_its_own_default(capsys, tmp_path):
+    out = tmp_path / "f.json"
+    rc, _, err = cli(capsys, "evaluate", "--eps", "8/255", "--db", "", "--out", out, *FAST)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["config"]["eps"] == pytest.approx(8 / 255, rel=1e-12)
+    rc, _, err = cli(capsys, "evaluate", "--eps", "8/x", "--db", "", *FAST)
+    assert rc == 2 and one_line(err, "not a number or a fraction such as 8/255: '8/x'"), err
+    rc, _, err = cli(capsys, "evaluate", "--norm", "L2", "--db", "", "--out", out, *FAST[:2], "--attacks", "pgd:steps=2",
+                     *FAST[4:])
+    assert rc == 0, err
+    assert json.loads(out.read_text())["config"]["eps"] == 0.5  # digits' L2 default, not its L-inf 0.1
+    from kdbench.data import get_dataset
+
+    assert get_dataset("fashion-mnist").info.default_eps("L2") == 1.5
+    with pytest.raises(KdbenchError, match="has no default L2 budget: give --eps"):
+        get_dataset("digits").info.__class__("npz:x", 10, 1, 8, 0.1).default_eps("L2")
+
+
+def test_list_names_attacks_and_suites(capsys):
+    rc, out, _ = cli(capsys, "list", "attacks")
+    assert rc == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "minimal L0" in rows["cw-l0"] and "torchattacks" in rows["pgd"] and "min-linf" in rows
+    rc, out, _ = cli(capsys, "list", "suites")
+    from kdbench.attacks.suites import SUITES
+
+    assert rc == 0 and [line.split()[0] for line in out.splitlines()[1:]] == list(SUITES)
+    assert "fgsm, pgd, cw-linf, apgd-ce, apgd-t" in out
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "points per resume/shard unit (default: 1024)" in out
+    assert "images per attack batch (default: 256)" in out and "(default: Linf)" in out

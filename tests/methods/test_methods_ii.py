@@ -285,5 +285,6 @@ def test_evaluate_cli_reports_distillation_metrics(teachers, tmp_path):
     assert set(t) >= {"agreement", "transferability", "transfer_attack", "cam_similarity"}
     assert 0 <= t["agreement"]["clean"] <= 1 and d["knn"]["k"] == 50
     assert (tmp_path / "t.png").stat().st_size > 10_000
-    r = run_cli("evaluate", "--model", "smallcnn", "--dataset", "digits", "--tsne", tmp_path / "u.png")
+    r = run_cli("evaluate", "--model", "smallcnn", "--random-weights", "--dataset", "digits", "--tsne",
+                tmp_path / "u.png")
     assert r.returncode == 2 and "--tsne needs a teacher" in r.stderr
