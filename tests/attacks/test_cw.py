@@ -45,6 +45,74 @@ def test_cw_l0_counts_pixels_and_is_near_exact(case):
     assert l0_pixels(delta).item() == 2
 
 
+def _towards_boundary(model, x, y, scale):
+    """x moved by ``scale`` x the exact L-inf distance, every pixel towards the hyperplane."""
+    w = model.w.detach()
+    z = x.flatten(1) @ w
+    step = (z.abs() / w.abs().sum() * scale)[:, None] * -torch.sign(z)[:, None] * torch.sign(w)[None]
+    return (x.flatten(1) + step).clamp(0, 1).view_as(x)
+
+
+def test_cw_linf_from_a_start_is_never_above_it(case):
+    model, x, y, _, linf, _ = case
+    start = _towards_boundary(model, x, y, 1.03)  # adversarial, 3 % above the exact distance
+    assert (model(start).argmax(1) != y).all()
+    xa, ok = cw_linf(model, x, y, steps=100, c0=0.01, start=start)
+    d = (xa - x).flatten(1).abs().max(1).values
+    assert ok.all() and (model(xa).argmax(1) != y).all()
+    assert (d >= linf * (1 - 1e-4)).all()
+    assert (d <= (start - x).flatten(1).abs().max(1).values + 1e-6).all()
+    # a start that is not adversarial (x itself) is ignored: the reference start
+    xb, okb = cw_linf(model, x, y, steps=100, c0=0.01, start=x.clone())
+    assert okb.all() and ((xb - x).flatten(1).abs().max(1).values / linf).mean() < 1.25
+
+
+def test_cw_linf_reference_schedule_and_the_cheap_one_agree(case):
+    """abort_early=False, patience=0 is methods.md 11.3's schedule (every constant runs all its
+    steps); the default's hopeless-constant cuts reach the same distances for fewer passes."""
+    model, x, y, _, linf, _ = case
+    calls = []
+    counted = lambda z: (calls.append(len(z)), model(z))[1]  # noqa: E731
+    xr, okr = cw_linf(counted, x, y, steps=100, c0=0.01, abort_early=False)
+    ref_images = sum(calls)
+    calls.clear()
+    xc, okc = cw_linf(counted, x, y, steps=100, c0=0.01)
+    dr, dc = ((v - x).flatten(1).abs().max(1).values / linf for v in (xr, xc))
+    assert okr.all() and okc.all()
+    assert dc.mean() <= dr.mean() * 1.02
+    assert sum(calls) < ref_images
+
+
+def test_cw_l0_from_a_start_never_changes_more_pixels(case):
+    model, x, y, _, _, l0 = case
+    w = model.w.detach()
+    z = x.flatten(1) @ w
+    # the l0 + 2 most effective pixels pushed to the box edge: adversarial, 2 pixels more than needed
+    toward = (-torch.sign(z)[:, None] * torch.sign(w)[None]) > 0
+    flat = x.flatten(1)
+    room = torch.where(toward, 1 - flat, flat)
+    rank = (w.abs()[None] * room).argsort(1, descending=True).argsort(1)
+    push = rank < (l0 + 2)[:, None]
+    start = torch.where(push, toward.float(), flat).view_as(x)
+    assert (model(start).argmax(1) != y).all()
+    xa, ok = cw_l0(model, x, y, steps=100, c0=0.1, start=start)
+    n = l0_pixels(xa - x)
+    assert ok.all() and (model(xa).argmax(1) != y).all()
+    assert (n >= l0).all() and (n <= l0 + 2).all()
+    assert (n.float() - l0.float()).mean() <= 1.5
+
+
+def test_cw_init_must_be_a_minimal_attack_of_the_same_norm():
+    from kdbench.attacks.registry import build_attack
+    from kdbench.errors import KdbenchError
+
+    with pytest.raises(KdbenchError, match="init 'ddn' is not a minimal-perturbation attack in L0"):
+        build_attack("cw-l0:init=ddn", 0.1)
+    with pytest.raises(KdbenchError, match="patience must be an integer >= 0"):
+        build_attack("cw-l0:patience=-1", 0.1)
+    assert build_attack("cw-linf-min", 0.1).params["init"] == "min-linf"
+
+
 def test_evaluate_reports_rho_adv_and_derived_accuracy(case):
     model, x, y, l2, linf, _ = case
     r = evaluate(model, x, y, attacks=["cw-l2:steps=200", "cw-linf-min:steps=100,c0=0.01"], eps=0.05,
