@@ -86,11 +86,13 @@ def cw_l2(eps, norm, seed, num_classes, backend, c0=1e-3, kappa=0.0, steps=1000,
 # frozen by the gradient there), and patience without a warm start stopped CW-L-inf too early.
 @register_attack("cw-l0", backends=("kdbench",), builtin=True, min_norm="L0")
 def cw_l0(eps, norm, seed, num_classes, backend, c0=1e-3, c_max=2e6, steps=1000, lr=0.01, kappa=0.01, max_rounds=0,
-          init="none", abort_early=True, patience=3):
+          init="none", abort_early=True, patience=3, abort_every=50):
     run = native_cw("cw_l0", init, eps, norm, seed, num_classes, c0=c0, c_max=c_max, steps=steps, lr=lr,
-                    kappa=kappa, max_rounds=max_rounds or None, abort_early=bool(abort_early), patience=patience)
+                    kappa=kappa, max_rounds=max_rounds or None, abort_early=bool(abort_early), patience=patience,
+                    abort_every=abort_every)
     return Built(run, {**_minimal(norm, eps, c0=c0, c_max=c_max, steps=steps, lr=lr, kappa=kappa,
-                                  max_rounds=max_rounds, init=init, abort_early=abort_early, patience=patience),
+                                  max_rounds=max_rounds, init=init, abort_early=abort_early, patience=patience,
+                                  abort_every=abort_every),
                        "l0": "changed pixels"})
 
 

@@ -43,6 +43,9 @@ def add_evaluate(sub):
     p.add_argument("--db", default="kdbench.db", help="SQLite results store (default ./kdbench.db; '' for none)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation from --db")
     p.add_argument("--no-checks", action="store_true", help="skip the eps-sweep / convergence validity checks")
+    p.add_argument("--checks-share", type=float, default=0.1,
+                   help="model passes the validity checks and the gradient probe may spend, as a share of the "
+                        "attacks' (docs/evaluate.md)")
     p.add_argument("--no-sensitivity", action="store_true",
                    help="skip the gradient probe (sensitivity, confidence, gradient-based validity flags)")
     p.add_argument("--teacher", action="append", dest="teachers", metavar="SPEC",
@@ -104,6 +107,8 @@ def cmd_evaluate(args) -> int:
         raise KdbenchError("--dataset is required for this model")
     if args.eps is not None and not args.eps > 0:
         raise KdbenchError(f"--eps must be positive, got {args.eps}")
+    if not args.checks_share >= 0:
+        raise KdbenchError(f"--checks-share must be a share >= 0, got {args.checks_share}")
     if args.batch_size <= 0:
         raise KdbenchError(f"--batch-size must be positive, got {args.batch_size}")
     attacks = split_attacks(args.attacks) if args.attacks else None
@@ -129,7 +134,7 @@ def cmd_evaluate(args) -> int:
     kwargs = dict(dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
-                   provenance={"model": lm.provenance()}, checks=not args.no_checks,
+                   provenance={"model": lm.provenance()}, checks=not args.no_checks, checks_share=args.checks_share,
                    sensitivity=not args.no_sensitivity,
                    channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_specs,
                    knn_reference=args.knn_reference, tsne=args.tsne, force=args.force)

@@ -64,7 +64,10 @@ def knn_accuracy(ref: torch.Tensor, ref_y: torch.Tensor, query: torch.Tensor, y:
 
 def distillation_metrics(student, teachers: List, x, y, *, eps: float, norm: str = "Linf", dev=None,
                          batch_size: int = 256, seed: int = 0, train_x=None, train_y=None, k: int = 50,
-                         teacher_names: Optional[List[str]] = None, tsne_path=None) -> dict:
+                         teacher_names: Optional[List[str]] = None, tsne_path=None, phase=None) -> dict:
+    """The metrics of the module docstring; ``phase`` (:class:`kdbench.progress.Phase`) advances
+    once per part: the student's PGD-20, each teacher, the k-NN, the t-SNE."""
+    tick = phase.advance if phase is not None else (lambda n=1: None)
     dev = dev or torch.device("cpu")
     student = student.to(dev).eval()
     teachers = [t.to(dev).eval() for t in teachers]
@@ -75,6 +78,7 @@ def distillation_metrics(student, teachers: List, x, y, *, eps: float, norm: str
     x_adv, atk = pgd20(student, x, y, eps, norm, seed, dev, batch_size, C)
     s_adv = _predict(student, x_adv, dev, batch_size)
     fooled_s = s_adv != y
+    tick()
     out = {"attack": {"name": "pgd", "backend": atk.backend, "params": atk.params, "eps": eps, "norm": norm},
            "n": len(y), "student_clean_accuracy": (s_clean == y).float().mean().item(),
            "student_pgd_accuracy": (~fooled_s).float().mean().item(), "teachers": {}}
@@ -105,16 +109,19 @@ def distillation_metrics(student, teachers: List, x, y, *, eps: float, norm: str
             "cam_similarity": {"cosine": torch.cat(cos).mean().item(), "mse": torch.cat(mse).mean().item(),
                                "cam_class": "label", "norm": "minmax", "on": "student PGD-20 examples"},
         }
+        tick()
     if train_x is not None:
         ref = _embed(student, train_x, dev, batch_size)
         e_clean, e_adv = _embed(student, x, dev, batch_size), _embed(student, x_adv, dev, batch_size)
         out["knn"] = {"k": k, "reference": len(train_y), "clean": knn_accuracy(ref, train_y, e_clean, y, k, C),
                       "pgd": knn_accuracy(ref, train_y, e_adv, y, k, C),
                       "softmax_clean": out["student_clean_accuracy"], "softmax_pgd": out["student_pgd_accuracy"]}
+        tick()
     if tsne_path is not None:
         e_clean = _embed(student, x, dev, batch_size)
         e_adv = _embed(student, x_adv, dev, batch_size)
         out["tsne"] = str(tsne_plot(e_clean, e_adv, y, tsne_path, seed))
+        tick()
     return out
 
 

@@ -37,6 +37,7 @@ from ..attacks.suites import suite as suite_specs
 from ..data import Dataset, get_dataset
 from ..device import resolve_device
 from ..errors import KdbenchError
+from ..progress import Reporter
 from ..version import __version__
 from . import metrics, validity
 from .guard import GuardedModel, behaviour_flags, content_hash, model_name, model_state, restore_model
@@ -53,11 +54,14 @@ class CountingModel(nn.Module):
         self.model = model
         self.forward_images = 0
         self.backward_images = 0
+        self.on_forward = None  # called after every forward pass (live progress inside library attacks)
 
     def forward(self, x):
         out = self.model(x)
         n = x.shape[0]
         self.forward_images += n
+        if self.on_forward is not None:
+            self.on_forward()
         if out.requires_grad:
             def hook(grad, n=n):
                 self.backward_images += n
@@ -261,33 +265,51 @@ def _slot(a: Attack) -> str:
                                                    default=str).encode()).hexdigest()[:12]
 
 
-def clean_pass(s: Session, y: torch.Tensor, batch_size: int):
+def clean_pass(s: Session, y: torch.Tensor, batch_size: int, sensitivity: bool = False, phase=None):
     """Stage 3: which points the model classifies correctly, and which have a finite
     cross-entropy input gradient (a point whose gradient is NaN or infinite cannot be attacked
-    by a gradient attack: it is *not evaluated*, never robust)."""
+    by a gradient attack: it is *not evaluated*, never robust).  With ``sensitivity`` the same
+    forward pass and CE gradient also give the gradient probe (``validity.probe_batch``: one more
+    backward per point).  Returns (correct, finite, probe or None)."""
     import torch.nn.functional as F
 
     correct = torch.zeros(len(y), dtype=torch.bool)
     finite = torch.ones(len(y), dtype=torch.bool)
-    s.model.stage = "the clean pass"
+    probe = validity.new_probe() if sensitivity else None
+    s.model.stage = "the clean pass" + (" and the gradient probe" if sensitivity else "")
     for i in range(0, len(y), batch_size):
         xb = s.x[i:i + batch_size].to(s.dev).requires_grad_(True)
         yb = y[i:i + batch_size].to(s.dev)
         with torch.enable_grad():
             z = s.model(xb)
-            if z.requires_grad:  # else the model is not differentiable: the probe flags zero gradients
-                try:
+            g = None
+            try:
+                if z.requires_grad and probe is not None:
+                    g = validity.probe_batch(probe, z, xb, yb)
+                elif z.requires_grad:
                     g, = torch.autograd.grad(F.cross_entropy(z, yb, reduction="sum"), xb, allow_unused=True)
-                except RuntimeError as e:
-                    raise KdbenchError(f"model {s.model.name}: its backward pass failed ({str(e)[:160]})") from None
-                if g is not None:
-                    finite[i:i + batch_size] = torch.isfinite(g.flatten(1)).all(1).cpu()
+                elif probe is not None:  # not differentiable: zero gradients, flagged by the checks
+                    _no_gradient_probe(probe, z.detach(), yb)
+            except RuntimeError as e:
+                raise KdbenchError(f"model {s.model.name}: its backward pass failed ({str(e)[:160]})") from None
+            if g is not None:
+                finite[i:i + batch_size] = torch.isfinite(g.flatten(1)).all(1).cpu()
         correct[i:i + batch_size] = (z.detach().argmax(1) == yb).cpu()
-    return correct, finite
+        if phase is not None:
+            phase.advance(len(yb))
+    return correct, finite, probe
+
+
+def _no_gradient_probe(probe: dict, z: torch.Tensor, yb: torch.Tensor) -> None:
+    """The probe of a model whose output carries no gradient: every gradient is zero."""
+    top, pred = torch.softmax(z, 1).max(1)
+    probe["sensitivity"] += [0.0] * len(z)
+    probe["ce_grad_max"] += [0.0] * len(z)
+    probe["confidence"] += torch.where(pred == yb, top, torch.zeros_like(top)).tolist()
 
 
 def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batch_size, chunk_size, cascade,
-               store, resume, progress, attackable: Optional[torch.Tensor] = None) -> List[AttackOutcome]:
+               store, resume, reporter, attackable: Optional[torch.Tensor] = None) -> List[AttackOutcome]:
     """Stage 4: every attack, chunk by chunk (the unit of seeding, resuming and sharding): a chunk
     the store already holds under ``resume`` is read back, any other is attacked and stored.
     Only ``attackable`` clean-correct points are attacked; the others, and every point an attack
@@ -299,11 +321,6 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
                                                                                              chunk_size))]
     mine = [c for c in chunks if c[0] % dinfo.world == dinfo.rank]
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(), disable=not (progress and dinfo.main), transient=True)
     still = correct.clone()  # robust under every attack so far (for the cascade)
     done: List[AttackOutcome] = []
 
@@ -349,69 +366,70 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
             info["attacked_points"] += len(sub)
         return ~alive[target] & ~nev[target], nev[target]
 
-    with bar:
-        for a in s.attacks:
-            s.model.stage = f"attack {a.key}"
-            if a.extra.get("members"):
-                done.append(ensemble_outcome(a, done, correct & attackable))
+    for a in s.attacks:
+        s.model.stage = f"attack {a.key}"
+        if a.extra.get("members"):
+            done.append(ensemble_outcome(a, done, correct & attackable))
+            continue
+        robust = correct.clone()
+        nev = correct & ~attackable
+        composition: dict = {}  # composed AutoAttack: which components were reused or run
+        dists = torch.zeros(n_total, dtype=torch.float64)  # clean-misclassified points need no perturbation
+        fwd0, bwd0 = s.counted.forward_images, s.counted.backward_images
+        stored_f = stored_b = 0
+        t0 = time.time()
+        stored_seconds = 0.0
+        counts = [0]  # misclassified outputs outside the budget or [0, 1] (given no credit)
+        task = reporter.phase(f"{a.key} ({a.backend})", total=sum(len(i) for _, i in mine))
+        s.counted.on_forward = lambda: task.note(f"{s.counted.forward_images - fwd0:,} passes")
+        for k, idx in mine:
+            part = stored(_slot(a), k, idx)
+            if part is not None:
+                robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
+                nev[idx] = torch.tensor(part["not_evaluated"], dtype=torch.bool)
+                if a.min_norm:
+                    dists[idx] = torch.tensor(part["distances"], dtype=torch.float64)
+                stored_f += part["forward"]
+                stored_b += part["backward"]
+                stored_seconds += part["seconds"]
+                task.advance(len(idx))
                 continue
-            robust = correct.clone()
-            nev = correct & ~attackable
-            composition: dict = {}  # composed AutoAttack: which components were reused or run
-            dists = torch.zeros(n_total, dtype=torch.float64)  # clean-misclassified points need no perturbation
-            fwd0, bwd0 = s.counted.forward_images, s.counted.backward_images
-            stored_f = stored_b = 0
-            t0 = time.time()
-            stored_seconds = 0.0
-            counts = [0]  # misclassified outputs outside the budget or [0, 1] (given no credit)
-            task = bar.add_task(f"{a.key} ({a.backend})", total=sum(len(i) for _, i in mine))
-            for k, idx in mine:
-                part = stored(_slot(a), k, idx)
-                if part is not None:
-                    robust[idx] = torch.tensor(part["robust"], dtype=torch.bool)
-                    nev[idx] = torch.tensor(part["not_evaluated"], dtype=torch.bool)
-                    if a.min_norm:
-                        dists[idx] = torch.tensor(part["distances"], dtype=torch.float64)
-                    stored_f += part["forward"]
-                    stored_b += part["backward"]
-                    stored_seconds += part["seconds"]
-                    bar.advance(task, len(idx))
-                    continue
-                c_t0, c_f0, c_b0 = time.time(), s.counted.forward_images, s.counted.backward_images
-                # minimal-perturbation attacks always run on every clean-correct point (their distances)
-                target = idx[((still if cascade and not a.min_norm else correct) & attackable)[idx]]
-                if a.extra.get("components"):
-                    broken, invalid = compose_chunk(a, k, idx, target, composition)
-                    dist = None
-                    bar.advance(task, len(target))
-                else:
-                    broken, dist, invalid, out = _attack_chunk(a, s.counted, model, x, y, target, dev, batch_size,
-                                                               seed * 1_000_003 + k, lambda m: bar.advance(task, m))
-                    counts[0] += out
-                robust[idx] = correct[idx] & attackable[idx]
-                robust[target[broken | invalid]] = False
-                nev[target[invalid]] = True
-                if a.min_norm:
-                    dists[target] = dist
-                    dists[idx[nev[idx]]] = float("nan")  # no distance for a point not evaluated
-                if cascade:
-                    robust[idx] &= still[idx]
-                bar.advance(task, len(idx) - len(target))
-                if store is not None:
-                    store.put_partial(key, _slot(a), k, robust[idx].tolist(), s.counted.forward_images - c_f0,
-                                      s.counted.backward_images - c_b0, time.time() - c_t0,
-                                      dists[idx].tolist() if a.min_norm else None, nev[idx].tolist())
-            if dinfo.enabled:
-                robust = _gather_flags(robust, mine, dinfo, chunk_size)
-                nev = _gather_flags(nev, mine, dinfo, chunk_size)
-                if a.min_norm:
-                    dists = _gather_flags(dists, mine, dinfo, chunk_size)
-            still &= robust
-            fwd, bwd = ddist.all_sum([s.counted.forward_images - fwd0 + stored_f,
-                                      s.counted.backward_images - bwd0 + stored_b], dinfo, dev)
-            done.append(AttackOutcome(a, robust, dists if a.min_norm else None, time.time() - t0 + stored_seconds,
-                                      Passes(int(fwd), int(bwd)), composition, nev, counts[0]))
-            bar.remove_task(task)
+            c_t0, c_f0, c_b0 = time.time(), s.counted.forward_images, s.counted.backward_images
+            # minimal-perturbation attacks always run on every clean-correct point (their distances)
+            target = idx[((still if cascade and not a.min_norm else correct) & attackable)[idx]]
+            if a.extra.get("components"):
+                broken, invalid = compose_chunk(a, k, idx, target, composition)
+                dist = None
+                task.advance(len(target))
+            else:
+                broken, dist, invalid, out = _attack_chunk(a, s.counted, model, x, y, target, dev, batch_size,
+                                                           seed * 1_000_003 + k, lambda m: task.advance(m))
+                counts[0] += out
+            robust[idx] = correct[idx] & attackable[idx]
+            robust[target[broken | invalid]] = False
+            nev[target[invalid]] = True
+            if a.min_norm:
+                dists[target] = dist
+                dists[idx[nev[idx]]] = float("nan")  # no distance for a point not evaluated
+            if cascade:
+                robust[idx] &= still[idx]
+            task.advance(len(idx) - len(target))
+            if store is not None:
+                store.put_partial(key, _slot(a), k, robust[idx].tolist(), s.counted.forward_images - c_f0,
+                                  s.counted.backward_images - c_b0, time.time() - c_t0,
+                                  dists[idx].tolist() if a.min_norm else None, nev[idx].tolist())
+        if dinfo.enabled:
+            robust = _gather_flags(robust, mine, dinfo, chunk_size)
+            nev = _gather_flags(nev, mine, dinfo, chunk_size)
+            if a.min_norm:
+                dists = _gather_flags(dists, mine, dinfo, chunk_size)
+        still &= robust
+        fwd, bwd = ddist.all_sum([s.counted.forward_images - fwd0 + stored_f,
+                                  s.counted.backward_images - bwd0 + stored_b], dinfo, dev)
+        done.append(AttackOutcome(a, robust, dists if a.min_norm else None, time.time() - t0 + stored_seconds,
+                                  Passes(int(fwd), int(bwd)), composition, nev, counts[0]))
+        s.counted.on_forward = None
+        task.close()
     return done
 
 
@@ -533,8 +551,9 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
              dataset: Union[None, str, Dataset] = None, n: Optional[int] = None,
              attacks: Optional[Sequence[str]] = None, suite: Optional[str] = None, eps: Optional[float] = None,
              norm: str = "Linf", batch_size: int = 256, device: str = "auto", seed: int = 0, cascade: bool = False,
-             chunk_size: int = 1024, store=None, resume: bool = False, progress: bool = False,
+             chunk_size: int = 1024, store=None, resume: bool = False, progress: Union[bool, str] = "log",
              provenance: Optional[dict] = None, checks: bool = True, checks_n: int = 200,
+             checks_share: float = 0.1,
              channels_last: bool = False, sensitivity: bool = True, teachers: Optional[Sequence[nn.Module]] = None,
              teacher_names: Optional[Sequence[str]] = None, knn_reference: Optional[int] = 5000,
              tsne: Optional[str] = None, force: bool = False) -> EvalResult:
@@ -544,7 +563,10 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
     flags); both are on by default.  With ``teachers``, the distillation metrics of
     :mod:`kdbench.evaluation.distill` are added under ``distillation`` (k-NN on ``knn_reference``
     training images when a dataset is given; ``tsne`` a PNG path).  ``force`` allows a budget
-    beyond the input space's diameter.  What is guaranteed (the model left as given, NaN and
+    beyond the input space's diameter.  The checks and the probe together spend at most
+    ``checks_share`` of the attacks' model passes (``validity.budget_checks``; at least 8 points).
+    ``progress``: ``"log"`` (``logging``, logger ``kdbench``), ``True`` (bars on a terminal,
+    lines otherwise), ``"bar"``, ``"lines"`` or ``False`` (:mod:`kdbench.progress`).  What is guaranteed (the model left as given, NaN and
     randomness handled, invariants checked before anything is stored): docs/guarantees.md.
     See docs/results.md."""
     t_start = datetime.now(timezone.utc)
@@ -556,33 +578,39 @@ def evaluate(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[tor
         if store is not None and s.dinfo.main:
             store.begin(s.key, s.identity, s.model_sha256, s.data_sha256, resume)
         ddist.barrier(s.dinfo)
-        correct, finite = clean_pass(s, p.y, batch_size)
-        s.model.stage = "the gradient probe"
-        probe_g = validity.probe_gradients(s.model, s.x, p.y, batch_size, s.dev) if sensitivity else None
-        outcomes = attack_all(s, p.y, correct, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
-                              cascade=cascade, store=store, resume=resume, progress=progress, attackable=finite)
-        budget = None
-        if checks:
-            s.model.stage = "the validity checks"
-            sub = (correct & finite).nonzero().flatten()[:checks_n]
-            budget = validity.budget_checks(s.model, s.x[sub], p.y[sub], p.eps, p.norm, seed, s.dev, batch_size) \
-                if len(sub) else None
-        result = assemble(p, s, correct, outcomes, probe_g, budget, seed=seed, cascade=cascade,
-                          batch_size=batch_size, chunk_size=chunk_size, channels_last=channels_last,
-                          provenance=provenance, t_start=t_start, finite=finite)
-        if teachers:
-            from .distill import distillation_metrics
+        with Reporter(progress if s.dinfo.main else False) as rep:
+            with rep.phase("clean pass" + (" + gradient probe" if sensitivity else ""), len(p.y)) as ph:
+                correct, finite, probe_g = clean_pass(s, p.y, batch_size, sensitivity, ph)
+            outcomes = attack_all(s, p.y, correct, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
+                                  cascade=cascade, store=store, resume=resume, reporter=rep, attackable=finite)
+            budget = None
+            if checks:
+                s.model.stage = "the validity checks"
+                sub = (correct & finite).nonzero().flatten()[:checks_n]
+                spend = checks_share * sum(o.passes.forward + o.passes.backward for o in outcomes
+                                           if not o.attack.extra.get("members"))
+                spend -= len(p.y) if sensitivity else 0  # the probe's extra backward pass per point
+                with rep.phase("validity checks", len(sub)) as ph:
+                    budget = validity.budget_checks(s.model, s.x[sub], p.y[sub], p.eps, p.norm, seed, s.dev,
+                                                    batch_size, budget=max(spend, 0.0), phase=ph) if len(sub) else None
+            result = assemble(p, s, correct, outcomes, probe_g, budget, seed=seed, cascade=cascade,
+                              batch_size=batch_size, chunk_size=chunk_size, channels_last=channels_last,
+                              provenance=provenance, t_start=t_start, finite=finite)
+            if teachers:
+                from .distill import distillation_metrics
 
-            s.model.stage = "the distillation metrics"
-            train_x = train_y = None
-            ds = p.dataset
-            if ds is not None and knn_reference and ds.train is not None:
-                ridx, _ = ds.eval_indices(min(knn_reference, len(ds.train)), seed=0, split="train")
-                train_x, train_y = ds.train.images(ridx), ds.train.y[ridx]
-            result.distillation = from_json(Distillation, distillation_metrics(
-                s.model, list(teachers), s.x, p.y, eps=p.eps, norm=p.norm, dev=s.dev, batch_size=batch_size,
-                seed=seed, train_x=train_x, train_y=train_y,
-                teacher_names=list(teacher_names) if teacher_names else None, tsne_path=tsne))
+                s.model.stage = "the distillation metrics"
+                train_x = train_y = None
+                ds = p.dataset
+                if ds is not None and knn_reference and ds.train is not None:
+                    ridx, _ = ds.eval_indices(min(knn_reference, len(ds.train)), seed=0, split="train")
+                    train_x, train_y = ds.train.images(ridx), ds.train.y[ridx]
+                parts = 1 + len(teachers) + (train_x is not None) + (tsne is not None)
+                with rep.phase("distillation metrics", parts, unit="parts") as ph:
+                    result.distillation = from_json(Distillation, distillation_metrics(
+                        s.model, list(teachers), s.x, p.y, eps=p.eps, norm=p.norm, dev=s.dev, batch_size=batch_size,
+                        seed=seed, train_x=train_x, train_y=train_y,
+                        teacher_names=list(teacher_names) if teacher_names else None, tsne_path=tsne, phase=ph))
         validity.invariants(result)  # a violated invariant is an error, never a row
     finally:
         for m, st in zip([model, *(teachers or [])], saved):

@@ -10,7 +10,7 @@ labels (``loss: dd``) or natural training (``loss: kd``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from ..config import TrainConfig, merge
 from ..errors import KdbenchError
@@ -20,7 +20,7 @@ from .engine import train
 
 
 def train_chain(cfg: TrainConfig, out, links: int, models: Optional[List[str]] = None, resume: bool = False,
-                progress: bool = True) -> List[Path]:
+                progress: Union[bool, str] = "log") -> List[Path]:
     if links < 1:
         raise KdbenchError(f"--chain must be at least 1, got {links}")
     out = Path(out)

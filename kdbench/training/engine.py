@@ -14,12 +14,13 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..progress import Reporter
 from ..version import __version__
 from ..attacks.pgd import mode, pgd
 from ..config import TrainConfig, config_from_dict, merge
@@ -232,10 +233,12 @@ def train_step(method, student: nn.Module, wrapped: nn.Module, x, y, optimizer, 
     return loss, logits
 
 
-def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, trust_code: bool = False) -> List[dict]:
+def train(cfg: TrainConfig, out, resume: bool = False, progress: Union[bool, str] = "log",
+          trust_code: bool = False) -> List[dict]:
     """Train ``cfg.method`` into run directory ``out``; returns the metrics history.  On
     ``resume`` the run's own config is used; code it names (a ``file.py:factory`` teacher) is
-    imported only if ``cfg`` names it too (the command line) or ``trust_code``."""
+    imported only if ``cfg`` names it too (the command line) or ``trust_code``.  ``progress``: as
+    :func:`kdbench.evaluate`'s (:mod:`kdbench.progress`; the API logs through ``logging``)."""
     out = Path(out)
     state_path = out / rundir.STATE
     if resume:
@@ -325,13 +328,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, tr
     counter_s = _PassCounter([student])
     counter_t = _PassCounter(teachers)
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else nullcontext
-    show = progress and dinfo.main
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   disable=not show, transient=False)
+    bar = Reporter(progress if dinfo.main else False, transient=False)
     n_batches = math.ceil(math.ceil(len(train_set) / dinfo.world) / cfg.batch_size)
     try:
         with bar:
@@ -344,7 +341,7 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, tr
                 method.begin_epoch(epoch, cfg.epochs, lr / cfg.optimizer.lr)
                 gen = epoch_generator(cfg.seed, epoch)
                 order = shard_indices(len(train_set), gen, dinfo.rank, dinfo.world)
-                task = bar.add_task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", total=n_batches, stats="")
+                task = bar.phase(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", n_batches, unit="batches")
                 loss_sum = correct = seen = 0.0
                 for x, y in iterate(train_set, cfg.batch_size, device, indices=order, generator=gen,
                                     augment=augment):
@@ -356,13 +353,14 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, tr
                         raise KdbenchError(f"{e} at epoch {epoch + 1}; lower the learning rate (the last good "
                                            f"checkpoint is kept in {out})") from None
                     if stepped is None:  # the method skips this batch (DARHT's released skip-if-CE>8)
-                        bar.update(task, advance=1)
+                        task.advance()
                         continue
                     loss, logits = stepped
                     loss_sum += loss.item() * len(y)
                     correct += (logits.argmax(1) == y).sum().item()
                     seen += len(y)
-                    bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+                    task.text = f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}"
+                    task.advance()
                 loss_sum, correct, seen = ddist.all_sum([loss_sum, correct, seen], dinfo, device)
                 seen = max(seen, 1)  # every batch may have been skipped (DARHT's skip_ce)
                 rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -390,10 +388,11 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, tr
                     rundir.write_metrics(out, history)
                     atomic_write(state_path, lambda p: torch.save(state, p))
                 ddist.barrier(dinfo)
-                if show:
+                task.close()
+                if dinfo.main:
                     ev = f" clean {rec['clean_acc']:.3f}" if "clean_acc" in rec else ""
                     ev += f" pgd {rec['pgd_acc']:.3f}" if "pgd_acc" in rec else ""
-                    bar.console.print(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} "
+                    bar.print(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} "
                                       f"train acc {rec['train_acc']:.3f}{ev} ({rec['seconds']:.1f}s)")
     finally:
         for h in counter_s.handles + counter_t.handles:
