@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .errors import KdbenchError
+from .errors import KdbenchError, missing
 
 
 @dataclass
@@ -151,7 +151,7 @@ def config_from_dict(data: Dict[str, Any], where: str = "config") -> TrainConfig
 def load_config(path) -> TrainConfig:
     p = Path(path)
     if not p.is_file():
-        raise KdbenchError(f"config file not found: {p}")
+        raise missing(p, "config file")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

@@ -37,11 +37,17 @@ QUICK = SUITES["quick"]
 
 
 def row_name(result) -> str:
-    """The leaderboard row of a result: its run's recorded row, else the model spec."""
+    """The leaderboard row of a result: its run's recorded row (a run's seeds share it); else
+    the model by content -- ``METHOD-ARCH@SHA8`` when its weights file names the method it was
+    trained with, ``SPEC@SHA8`` otherwise (SHA8: the weights file's sha256, else that of the
+    parameters evaluated) -- so two models with one architecture name are never merged."""
     r = EvalResult.coerce(result)
     if r.run is not None:
         return r.run.row_name
-    return (r.provenance.model.spec if r.provenance.model else None) or "model"
+    m = r.provenance.model or ModelProvenance()
+    base = f"{m.method}-{m.arch or m.spec}" if m.method else (m.spec or "model")
+    sha = m.weights_sha256 or m.content_sha256
+    return f"{base}@{sha[:8]}" if sha else base
 
 
 def _seed(result: EvalResult) -> int:
@@ -116,17 +122,46 @@ def _acc(result: EvalResult, attack: str):
     return a.robust_accuracy, a.ci95
 
 
+def eps_filter(text: str):
+    """An --eps filter, ``(value, tolerance)``: a number or a fraction (``8/255``), matching the
+    budgets that print the same at the board's precision (4 significant digits, ``{:.4g}``):
+    ``0.03137`` and ``8/255`` both match 8/255 = 0.0313725..., ``0.1`` does not match 0.12."""
+    t = str(text).strip()
+    try:
+        if "/" in t:
+            a, b = t.split("/", 1)
+            v = float(a) / float(b)
+        else:
+            v = float(t)
+    except (ValueError, ZeroDivisionError):
+        raise KdbenchError(f"--eps {text!r}: not a number or a fraction such as 8/255") from None
+    if not math.isfinite(v) or v <= 0:
+        raise KdbenchError(f"--eps {text!r}: a budget is a positive number")
+    return v, 0.5 * 10.0 ** (math.floor(math.log10(v)) - 3)
+
+
+def eps_values(results, dataset: Optional[str] = None, threat: Optional[str] = None) -> List[float]:
+    """The budgets present in ``results`` (for a filter that matched nothing)."""
+    out = set()
+    for r in map(EvalResult.coerce, results):
+        if (not dataset or r.provenance.dataset.name == dataset) and \
+                (not threat or r.config.norm.lower() == threat.lower()):
+            out.add(round(r.config.eps, 8))
+    return sorted(out)
+
+
 def build_rows(results, dataset: Optional[str] = None, threat: Optional[str] = None,
-               eps: Optional[float] = None, method: Optional[str] = None) -> List[dict]:
-    """Leaderboard rows (CSV-ready dictionaries) from results (EvalResults or their JSON)."""
+               eps: Optional[float] = None, method: Optional[str] = None, eps_tol: float = 0.0) -> List[dict]:
+    """Leaderboard rows (CSV-ready dictionaries) from results (EvalResults or their JSON);
+    ``eps`` keeps results within ``eps_tol`` of it (1e-6 relative at least; :func:`eps_filter`)."""
     groups: Dict[tuple, List[EvalResult]] = {}
     for r in map(EvalResult.coerce, results):
         ds = r.provenance.dataset.name
         norm, e = r.config.norm, r.config.eps
-        run_method = (r.run.method if r.run else None) or ""
+        run_method = (r.run.method if r.run else (r.provenance.model or ModelProvenance()).method) or ""
         if dataset and ds != dataset or threat and norm.lower() != threat.lower():
             continue
-        if eps is not None and not math.isclose(e, eps, rel_tol=1e-6):
+        if eps is not None and not (abs(e - eps) <= eps_tol or math.isclose(e, eps, rel_tol=1e-6)):
             continue
         if method and method not in run_method and method not in row_name(r):
             continue
@@ -160,7 +195,7 @@ def _row(name, ds, norm, eps, primary: EvalResult, seeds: List[EvalResult]) -> d
     arch = model.arch or model.spec
     if run is not None and run.model_kwargs:
         arch += "(" + ",".join(f"{k}={v}" for k, v in sorted(run.model_kwargs.items())) + ")"
-    row = {"rank": 0, "name": name, "method": (run.method if run else None) or "", "student": arch,
+    row = {"rank": 0, "name": name, "method": (run.method if run else model.method) or "", "student": arch,
            "teachers": ";".join((run.teachers if run else None) or []), "dataset": ds, "threat": norm, "eps": eps,
            "n": primary.n, "seeds": len(seeds), "clean": clean, "clean_ci95": _ci(primary.clean_ci95)}
     for col, attack in ATTACK_COLUMNS:

@@ -11,9 +11,10 @@ loaded with ``weights_only=True``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 import yaml
 
@@ -48,11 +49,91 @@ def read_run_config(run_dir) -> dict:
 
 
 def run_weights(run_dir, prefer_best: bool = True) -> Path:
+    """A run's weights file: ``best.safetensors`` (else ``model.safetensors``); for a committed
+    run (a manifest with ``best.sha256``) its file in the nearest ``checkpoints/`` store of an
+    enclosing directory (``leaderboards/checkpoints/`` for ``leaderboards/<board>/runs/<run>``),
+    or in ``$KDBENCH_CHECKPOINTS``."""
     d = Path(run_dir)
     for name in ((BEST, LAST) if prefer_best else (LAST, BEST)):
         if (d / name).is_file():
             return d / name
+    if (d / WEIGHTS_POINTER).is_file():
+        sha = (d / WEIGHTS_POINTER).read_text().strip()
+        stores = [Path(os.environ["KDBENCH_CHECKPOINTS"])] if os.environ.get("KDBENCH_CHECKPOINTS") else []
+        stores += [a / "checkpoints" for a in d.resolve().parents]
+        for store in stores:
+            if stored_weights(store, sha).is_file():
+                return stored_weights(store, sha)
+        raise KdbenchError(f"{d}: a committed run whose weights {sha[:12]}... are in no checkpoints/ store of an "
+                           "enclosing directory; set KDBENCH_CHECKPOINTS to the store")
     raise KdbenchError(f"{d}: run directory has no weights yet ({BEST} or {LAST})")
+
+
+def weights_sha256(run_dir) -> str:
+    """The sha256 of a run's weights file (a committed run's pointer, without reading the file)."""
+    d = Path(run_dir)
+    if not (d / BEST).is_file() and not (d / LAST).is_file() and (d / WEIGHTS_POINTER).is_file():
+        return (d / WEIGHTS_POINTER).read_text().strip()
+    return sha256_file(run_weights(d))
+
+
+# --- portable references: a run's teachers and init weights by run-relative path and content ----
+
+def model_ref(spec, run_dir) -> Optional[dict]:
+    """How a run records a teacher or ``init_from`` that is a path (a run directory or a weights
+    file): ``{spec, path, sha256}`` -- the path relative to the run directory and the sha256 of
+    the weights -- so the run resolves it from any working directory and after being copied
+    (:func:`resolve_ref`).  None for what is not a path (an architecture, code, robustbench:)."""
+    if not spec:
+        return None
+    p = Path(str(spec))
+    if is_run_dir(p):
+        sha = weights_sha256(p)
+    elif p.is_file():
+        sha = sha256_file(p)
+    else:
+        return None
+    return {"spec": str(spec), "path": os.path.relpath(p.resolve(), Path(run_dir).resolve()), "sha256": sha}
+
+
+def _content(p: Path) -> Optional[str]:
+    try:
+        return weights_sha256(p) if is_run_dir(p) else sha256_file(p) if p.is_file() else None
+    except KdbenchError:
+        return None
+
+
+def resolve_ref(run_dir, spec: str, ref: Optional[dict]) -> str:
+    """Where a run's recorded teacher / init spec is now.  Tried in order: the spec as written
+    (relative to the working directory), the run-relative path of its record, and the spec's last
+    components under the run's enclosing directories (a board's layout: ``runs/<teacher>`` next
+    to ``runs/<student>``, or above a chain's ``runs/<chain>/assistant``); the first whose
+    weights have the recorded sha256 wins (without a record: the first that exists).  A spec that
+    is not a path is returned as it is."""
+    spec = str(spec)
+    if ref is None and (":" in spec or not ("/" in spec or Path(spec).exists())):
+        return spec
+    run_dir = Path(run_dir)
+    parts = Path(spec).parts
+    tried = [Path(spec)] + ([run_dir / ref["path"]] if ref else []) + \
+        [a / Path(*parts[-k:]) for a in list(run_dir.parents)[:3] for k in range(1, min(len(parts), 3) + 1)]
+    for cand in tried:
+        if cand.exists() and (ref is None or _content(cand) == ref["sha256"]):
+            return str(cand)
+    want = f" with sha256 {ref['sha256'][:12]}..." if ref else ""
+    raise KdbenchError(f"{run_dir / CONFIG}: its {spec!r}{want} is not at "
+                       f"{', '.join(dict.fromkeys(str(t) for t in tried))}: no such file or directory, or other weights")
+
+
+def run_refs(run_dir, cfg: Optional[dict] = None) -> Tuple[List[str], Optional[str]]:
+    """A run's teachers and ``init_from``, resolved (:func:`resolve_ref`) from wherever the run is."""
+    cfg = cfg if cfg is not None else read_run_config(run_dir)
+    res = cfg.get("resolved") or {}
+    refs = res.get("teacher_refs") or []
+    teachers = [resolve_ref(run_dir, t, refs[i] if i < len(refs) else None)
+                for i, t in enumerate(cfg.get("teachers") or [])]
+    init = cfg.get("init_from")
+    return teachers, (resolve_ref(run_dir, init, res.get("init_ref")) if init else None)
 
 
 def run_summary(run_dir, cfg: dict) -> dict:

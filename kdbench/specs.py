@@ -27,10 +27,10 @@ from typing import Any, Dict, Optional
 
 import torch.nn as nn
 
-from .errors import KdbenchError
+from .errors import KdbenchError, missing
 from .models import build_model, unwrap
 from .rundir import is_run_dir, read_run_config, run_summary, run_weights
-from .weights import load_weights
+from .weights import load_weights, weights_metadata
 
 __all__ = ["LoadedModel", "load_model", "resolve_model", "is_run_dir", "load_run_model", "is_code_spec",
            "require_trusted"]
@@ -44,11 +44,14 @@ class LoadedModel:
     weights: Optional[str] = None
     weights_sha256: Optional[str] = None
     info: Dict[str, Any] = field(default_factory=dict)  # what the model was built for
+    method: Optional[str] = None  # how the weights were trained, when their file says (kdbench's safetensors)
 
     run: Optional[Dict[str, Any]] = None  # a run directory's training summary (rundir.run_summary)
 
     def provenance(self) -> dict:
         out = {"spec": self.spec, "arch": self.arch, "weights": self.weights, "weights_sha256": self.weights_sha256}
+        if self.method:
+            out["method"] = self.method
         if self.run:
             out["run"] = self.run
         return out
@@ -58,6 +61,18 @@ def is_code_spec(spec) -> bool:
     """Whether resolving ``spec`` imports code: ``file.py:factory`` or ``module:factory``."""
     spec = str(spec)
     return ":" in spec and not spec.startswith("robustbench:") and not is_run_dir(spec)
+
+
+def require_present(spec) -> None:
+    """A spec that names a path (a run directory, ``file.py:factory``) must exist: one line
+    naming it, before anything else is asked of the user."""
+    spec = str(spec)
+    if spec.startswith("robustbench:"):
+        return
+    target = spec.rpartition(":")[0] if ":" in spec else spec
+    looks_like_path = target.endswith(".py") or "/" in target or "\\" in target
+    if looks_like_path and not Path(target).exists():
+        raise missing(target, "model")
 
 
 def require_trusted(spec, where: str, trust_code: bool) -> None:
@@ -92,7 +107,7 @@ def _factory_from_spec(spec: str):
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise KdbenchError(f"model file not found: {path}")
+            raise missing(path, "model file")
         name = f"kdbench_user_{abs(hash(str(path.resolve())))}"
         mod_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mod_spec)
@@ -133,6 +148,7 @@ def resolve_model(spec: str, num_classes: Optional[int] = None, in_channels: Opt
                   input_size: Optional[int] = None, weights: Optional[str] = None, **kwargs) -> LoadedModel:
     """Resolve a model spec to a :class:`LoadedModel` whose module is in eval mode."""
     spec = str(spec)
+    require_present(spec)
     shape = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
     if is_run_dir(spec):
         loaded = load_run_model(spec, weights=weights)
@@ -155,6 +171,7 @@ def resolve_model(spec: str, num_classes: Optional[int] = None, in_channels: Opt
     if weights is not None and not is_run_dir(spec):
         loaded.weights = str(weights)
         loaded.weights_sha256 = load_weights(unwrap(loaded.model), weights)
+        loaded.method = weights_metadata(weights).get("method")
     loaded.model.eval()
     return loaded
 

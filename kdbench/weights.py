@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .errors import KdbenchError
+from .errors import KdbenchError, missing
 from .fsutil import atomic_write  # noqa: F401  (re-exported: callers import it from here)
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "student")
@@ -40,7 +40,7 @@ def load_state_dict(path) -> Dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise KdbenchError(f"weights file not found: {path}")
+        raise missing(path, "weights file")
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
@@ -70,6 +70,21 @@ def load_state_dict(path) -> Dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def weights_metadata(path) -> Dict[str, str]:
+    """The metadata a safetensors file carries (kdbench's: ``method``, ``epoch``, ``kdbench``,
+    ``select``); empty for other files or files without it."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
 
 
 def load_weights(model: torch.nn.Module, path) -> str:

@@ -165,7 +165,7 @@ def test_leaderboard_and_check_cli(tmp_path, digits_teacher):
     r = run_cli("check", tmp_path / "nope.json", "--baseline", tmp_path / "board.csv")
     assert r.returncode == 2 and r.stderr.startswith("kdbench: error:") and len(r.stderr.splitlines()) == 1
     r = run_cli("leaderboard", "--db", tmp_path / "missing.db")
-    assert r.returncode == 2 and "results store not found" in r.stderr
+    assert r.returncode == 2 and "results store (kdbench evaluate --db writes it): no such file or directory" in r.stderr
 
 
 def test_check_pairs_a_subset_on_shared_test_indices(tmp_path):

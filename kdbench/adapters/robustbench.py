@@ -47,7 +47,7 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
         raise KdbenchError(f"unknown RobustBench model {name!r} for {dataset}/{threat_model}")
     path = model_dir() / dataset / threat_model / f"{name}.pt"
     if not path.is_file() and not isinstance(zoo[name].get("gdrive_id"), list):
-        raise KdbenchError(f"RobustBench checkpoint not found: {path} (set KDBENCH_ROBUSTBENCH_DIR or place "
+        raise KdbenchError(f"RobustBench checkpoint: no such file or directory: {path} (set KDBENCH_ROBUSTBENCH_DIR or place "
                            f"the file there; offline machines cannot download it)")
     import torch
 

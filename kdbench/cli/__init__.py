@@ -191,7 +191,8 @@ def _add_leaderboard(sub):
     p.add_argument("--db", default="kdbench.db", help="SQLite results store (kdbench evaluate --db)")
     p.add_argument("--dataset")
     p.add_argument("--threat", choices=["Linf", "L2"])
-    p.add_argument("--eps", type=float)
+    p.add_argument("--eps", help="keep this budget: a fraction (8/255) or a number, matched at the board's "
+                                 "printed precision (0.03137 matches 8/255)")
     p.add_argument("--method", help="keep rows whose method or name contains this")
     p.add_argument("--out", help="write OUT.csv, OUT.md and OUT.json (RobustBench-style entries)")
     p.add_argument("--title", help="markdown title")
@@ -214,10 +215,13 @@ def cmd_leaderboard(args) -> int:
 
     from ..fsutil import confined, write_text
 
+    eps, tol = lb.eps_filter(args.eps) if args.eps is not None else (None, 0.0)
     results = ResultStore(args.db, readonly=True).results()
-    rows = lb.build_rows(results, dataset=args.dataset, threat=args.threat, eps=args.eps, method=args.method)
+    rows = lb.build_rows(results, dataset=args.dataset, threat=args.threat, eps=eps, method=args.method, eps_tol=tol)
     if not rows:
-        raise KdbenchError(f"no results in {args.db} match the filters")
+        present = lb.eps_values(results, args.dataset, args.threat)
+        hint = f"; eps values present: {', '.join(f'{v:.6g}' for v in present)}" if eps is not None and present else ""
+        raise KdbenchError(f"no results in {args.db} match the filters{hint}")
     if args.results:
         d = Path(args.results)
         d.mkdir(parents=True, exist_ok=True)
@@ -290,11 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_plugins() -> None:
     """Import the comma-separated modules of ``KDBENCH_PLUGINS`` (user methods, models, datasets
-    registering themselves)."""
+    registering themselves), looked up in the working directory first, as ``python -m`` does (the
+    ``kdbench`` script's own directory is the venv's bin/), then on the usual path."""
     import importlib
     import os
 
-    for name in filter(None, (m.strip() for m in os.environ.get("KDBENCH_PLUGINS", "").split(","))):
+    names = [m.strip() for m in os.environ.get("KDBENCH_PLUGINS", "").split(",") if m.strip()]
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception as e:

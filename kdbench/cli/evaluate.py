@@ -89,8 +89,8 @@ def cmd_evaluate(args) -> int:
     from ..fsutil import check_writable_file, clean_stale
     from ..evaluation.report import print_table
     from ..evaluation.store import ResultStore
-    from ..rundir import is_run_dir, read_run_config
-    from ..specs import require_trusted, resolve_model
+    from ..rundir import is_run_dir, read_run_config, run_refs
+    from ..specs import require_present, require_trusted, resolve_model
 
     model_spec, weights, dataset = args.model, args.weights, args.dataset
     if model_spec is None:
@@ -98,6 +98,7 @@ def cmd_evaluate(args) -> int:
             raise KdbenchError("--weights needs --model ARCH")
         model_spec, weights = DEFAULT_MODEL, str(DEFAULT_WEIGHTS)
         dataset = dataset or DEFAULT_DATASET
+    require_present(model_spec)
     if args.model is not None and weights is None and not args.random_weights and _is_arch(model_spec):
         raise KdbenchError(f"--model {model_spec} is an architecture without --weights: its weights would be "
                            "random; give --weights FILE, or --random-weights to evaluate it untrained")
@@ -121,11 +122,12 @@ def cmd_evaluate(args) -> int:
     ds = get_dataset(dataset, args.data_dir)
     info = ds.info
     lm = resolve_model(model_spec, info.num_classes, info.in_channels, info.input_size, weights=weights)
-    teacher_specs = args.teachers
+    teacher_specs = teacher_names = args.teachers
     if teacher_specs is None and is_run_dir(model_spec) and not args.no_teachers:
-        teacher_specs = read_run_config(model_spec).get("teachers") or None
-        for spec in teacher_specs or []:
+        teacher_names = read_run_config(model_spec).get("teachers") or None  # as the run records them
+        for spec in teacher_names or []:
             require_trusted(spec, f"{Path(model_spec) / 'config.yaml'} (its teachers)", args.trust_code)
+        teacher_specs = run_refs(model_spec)[0] or None  # found from wherever the run is now
     teachers = []
     for spec in (teacher_specs or []) if not args.no_teachers else []:
         teachers.append(resolve_model(spec, info.num_classes, info.in_channels, info.input_size).model)
@@ -136,7 +138,7 @@ def cmd_evaluate(args) -> int:
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
                    provenance={"model": lm.provenance()}, checks=not args.no_checks, checks_share=args.checks_share,
                    sensitivity=not args.no_sensitivity,
-                   channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_specs,
+                   channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_names,
                    knn_reference=args.knn_reference, tsne=args.tsne, force=args.force)
     try:
         res = evaluate(lm.model, **kwargs)

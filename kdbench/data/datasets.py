@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import KdbenchError
+from ..errors import KdbenchError, missing
 from ..registry import Registry
 from . import formats
 from .augment import Augment
@@ -274,7 +274,7 @@ def tiny_imagenet(data_dir=None, download=True) -> Dataset:
 def _npz(path: str) -> Dataset:
     p = Path(path)
     if not p.exists():
-        raise KdbenchError(f"npz dataset not found: {p}")
+        raise missing(p, "npz dataset")
     splits = formats.read_npz(p)
     xte, yte = splits["test"]
     classes = int(max(int(yte.max()), int(splits["train"][1].max()) if "train" in splits else 0)) + 1

@@ -293,6 +293,7 @@ class ModelProvenance:
     weights_sha256: Optional[str] = None
     run: Optional[RunInfo] = _opt()
     content_sha256: Optional[str] = _opt()  # sha256 of the parameters and buffers evaluated (guard.content_hash)
+    method: Optional[str] = _opt()  # a bare weights file's training method, from its safetensors metadata
 
 
 @dataclass

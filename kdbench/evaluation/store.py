@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import KdbenchError
+from ..errors import KdbenchError, missing
 from .result import EvalResult
 
 SCHEMA = """
@@ -61,7 +61,7 @@ class ResultStore:
                         raise KdbenchError(f"results store {self.path}: not an SQLite file (a foreign file?); "
                                            "choose another --db")
             elif readonly:
-                raise KdbenchError(f"results store not found: {self.path} (kdbench evaluate --db writes it)")
+                raise missing(self.path, "results store (kdbench evaluate --db writes it)")
             if readonly:
                 self.db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=60)
             else:

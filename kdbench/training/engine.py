@@ -10,6 +10,7 @@ weights of an uninterrupted run (on CPU; CUDA kernels may be non-deterministic).
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -192,6 +193,22 @@ def _check_writable(out: Path) -> None:
         raise KdbenchError(f"--out {out} is not writable ({e.strerror or type(e).__name__})") from None
 
 
+def _refs(cfg: TrainConfig, teacher_paths: List[str], init_path, out: Path) -> dict:
+    """``teacher_refs`` / ``init_ref``: each path-like teacher and init recorded by run-relative
+    path and content (rundir.model_ref) under the spec the config keeps, so the run directory
+    resolves them from any working directory and after being copied."""
+    def ref(spec, path):
+        r = rundir.model_ref(path, out)
+        return None if r is None else {**r, "spec": spec}
+
+    out_refs = {}
+    if cfg.teachers:
+        out_refs["teacher_refs"] = [ref(s, p) for s, p in zip(cfg.teachers, teacher_paths)]
+    if cfg.init_from:
+        out_refs["init_ref"] = ref(cfg.init_from, init_path)
+    return out_refs
+
+
 def _rng_state() -> dict:
     s = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -238,8 +255,19 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: Union[bool, str
     """Train ``cfg.method`` into run directory ``out``; returns the metrics history.  On
     ``resume`` the run's own config is used; code it names (a ``file.py:factory`` teacher) is
     imported only if ``cfg`` names it too (the command line) or ``trust_code``.  ``progress``: as
-    :func:`kdbench.evaluate`'s (:mod:`kdbench.progress`; the API logs through ``logging``)."""
+    :func:`kdbench.evaluate`'s (:mod:`kdbench.progress`; the API logs through ``logging``).
+    A run that fails before its first epoch is saved leaves no directory it created behind."""
     out = Path(out)
+    created = not out.exists()
+    try:
+        return _train(cfg, out, resume, progress, trust_code)
+    except BaseException:
+        if created and out.is_dir() and not (out / rundir.STATE).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress, trust_code: bool) -> List[dict]:
     state_path = out / rundir.STATE
     if resume:
         if not (out / rundir.CONFIG).is_file():
@@ -252,9 +280,13 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: Union[bool, str
         cfg = merge(config_from_dict(saved),
                     {"epochs": cfg.epochs if cfg.epochs and cfg.epochs > saved["epochs"] else None,
                      "device": cfg.device if cfg.device != "auto" else None})
+        # the recorded teachers / init, found from wherever the run is now (rundir.resolve_ref)
+        teacher_paths, init_path = rundir.run_refs(out, saved)
     elif state_path.exists():
         raise KdbenchError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
+    if not resume:
+        teacher_paths, init_path = list(cfg.teachers), cfg.init_from
     probe_dev = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) \
         else "cpu"
     dinfo = ddist.init_distributed(probe_dev)
@@ -275,16 +307,14 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: Union[bool, str
 
     torch.manual_seed(cfg.seed + dinfo.rank)
     info = dataset.info
-    teachers = load_teachers(cfg.teachers, dataset, device)
+    teachers = load_teachers(teacher_paths, dataset, device)
     method_cls = get_method(cfg.method)
     student = build_model(cfg.model, info.num_classes, info.in_channels, info.input_size, **cfg.model_kwargs)
     student = method_cls.build_student(student, dict(cfg.method_params), len(teachers), info.num_classes)
-    if cfg.init_from:
-        from ..rundir import is_run_dir
+    if init_path:
         from ..weights import load_weights
 
-        src = rundir.run_weights(cfg.init_from) if is_run_dir(cfg.init_from) else cfg.init_from
-        load_weights(student, src)
+        load_weights(student, rundir.run_weights(init_path) if rundir.is_run_dir(init_path) else init_path)
     student = student.to(device)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
@@ -303,7 +333,8 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: Union[bool, str
                              "channels_last": channels_last, "world_size": dinfo.world, "device": str(device),
                              "train_size": len(train_set),
                              "monitor": {"split": cfg.eval.split, "n": len(monitor_idx),
-                                         "indices_sha256": index_hash(monitor_idx)}}}
+                                         "indices_sha256": index_hash(monitor_idx)},
+                             **_refs(cfg, teacher_paths, init_path, out)}}
     history: List[dict] = []
     start_epoch, best = 0, -1.0
     if resume and state_path.exists():

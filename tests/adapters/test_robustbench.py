@@ -29,7 +29,7 @@ def test_robustbench_model_from_local_dir(tmp_path, monkeypatch):
 
 def test_robustbench_missing_checkpoint_is_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("KDBENCH_ROBUSTBENCH_DIR", str(tmp_path))
-    with pytest.raises(KdbenchError, match=r"checkpoint not found: .*cifar10/Linf/Carmon2019Unlabeled\.pt"):
+    with pytest.raises(KdbenchError, match=r"checkpoint: no such file or directory: .*cifar10/Linf/Carmon2019Unlabeled\.pt"):
         resolve_model("robustbench:Carmon2019Unlabeled")
     with pytest.raises(KdbenchError, match="unknown RobustBench model"):
         resolve_model("robustbench:NoSuchModel2099")

@@ -30,7 +30,7 @@ def test_bad_train_inputs(tmp_path, digits_teacher):
     _one_line_error(run_cli("train", "--method", "pgd-at", "--dataset", "digits", "--epochs", "x", "--out", out),
                     "invalid int value")
     _one_line_error(run_cli("train", "--method", "pgd-at", "--dataset", "digits", "--config", tmp_path / "no.yaml",
-                            "--out", out), "config file not found")
+                            "--out", out), "config file: no such file or directory")
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: pgd-at\nepochz: 3\n")
     _one_line_error(run_cli("train", "--config", bad, "--out", out), "unknown key(s) ['epochz']")

@@ -265,8 +265,8 @@ def test_cli_default_and_bad_input(tmp_path):
     assert r["provenance"]["model"]["weights_sha256"] and "worst case" in res.stdout
     bad = [(["--attacks", "nosuch"], "unknown attack"), (["--eps", "-1"], "eps must be positive"),
            (["--batch-size", "0"], "batch-size must be positive"),
-           (["--model", "smallcnn", "--weights", tmp_path / "missing.pt", "--dataset", "digits"], "not found"),
-           (["--model", "nosuchfile.py:f", "--dataset", "digits"], "model file not found")]
+           (["--model", "smallcnn", "--weights", tmp_path / "missing.pt", "--dataset", "digits"], "no such file or directory"),
+           (["--model", "nosuchfile.py:f", "--dataset", "digits"], "model: no such file or directory: nosuchfile.py")]
     evil = tmp_path / "evil.pt"
     import pickle
     evil.write_bytes(pickle.dumps({"w": os.system}))
