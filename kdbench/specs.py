@@ -102,6 +102,17 @@ def _call_factory(fn, spec: str, shape: Dict[str, int]) -> nn.Module:
     return model
 
 
+def import_user_module(name: str):
+    """Import a user's module (``module:factory`` specs, ``KDBENCH_PLUGINS``), looking in the
+    working directory first, as ``python -m`` does: the ``kdbench`` script's own directory is the
+    venv's bin/, not where the user's files are."""
+    import os
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return importlib.import_module(name)
+
+
 def _factory_from_spec(spec: str):
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
@@ -118,7 +129,7 @@ def _factory_from_spec(spec: str):
             raise KdbenchError(f"importing {path} failed: {type(e).__name__}: {str(e)[:160]}") from None
     else:
         try:
-            module = importlib.import_module(target)
+            module = import_user_module(target)
         except Exception as e:
             raise KdbenchError(f"cannot import module {target!r} ({type(e).__name__}: {str(e)[:120]})") from None
     fn = getattr(module, attr, None)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up kdbench in ./.venv on a fresh CPU machine (idempotent).
 #  1. Debian's Fashion-MNIST package (the offline dataset the tests and leaderboards read), when root;
-#  2. torch==2.13.0 FIRST: pip takes the local CPU wheel; installing anything that depends on
-#     torch before it would pull a newer torch with gigabytes of CUDA packages;
+#  2. torch==2.13.0 FIRST, from pip's configured indexes, or from $KDBENCH_TORCH_INDEX when set
+#     (https://download.pytorch.org/whl/cpu: the CPU build; PyPI's Linux wheel is a CUDA build of
+#     several GB that also runs on CPU). Installing anything that depends on torch before it
+#     would pull a newer torch;
 #  3. kdbench with its [test] extra, pinned by .ci/constraints.txt (a known-good resolution:
 #     torchattacks 3.5.1 pins requests~=2.25.1, which otherwise makes pip backtrack for minutes).
 set -euo pipefail
@@ -16,6 +18,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 \
+  ${KDBENCH_TORCH_INDEX:+--index-url "$KDBENCH_TORCH_INDEX"}
 .venv/bin/python -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[test]"
 echo "kdbench installed in .venv ($(.venv/bin/kdbench --version))"

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "kdbench"
 # top-level module or package -> layer (lower layers never import higher ones)
 LAYERS = {
     "errors": 0, "version": 0, "registry": 0, "device": 0, "distributed": 0, "fsutil": 0, "weights": 0,
-    "progress": 0,
+    "progress": 0, "smoke": 0,
     "config": 1, "losses": 1, "data": 1, "models": 1, "rundir": 1,
     "adapters": 2, "attacks": 2,
     "methods": 3,

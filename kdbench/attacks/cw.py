@@ -164,7 +164,8 @@ class _Ladder:
 def cw_linf(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, c0: float = 1e-5,
             c_max: float = 20.0, steps: int = 1000, lr: float = 5e-3, decrease: float = 0.9, kappa: float = 0.0,
             const_factor: float = 2.0, abort_early: bool = True, patience: int = 0,
-            start: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+            start: Optional[torch.Tensor] = None, abort_every: Optional[int] = None
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
     """CW-L-inf (docs/methods.md §11.3), batched: each image has its own tau, c, ladder and warm
     start, and only the images still solving go through the model.  ``start``: a cheap attack's x'
     to begin from where it is adversarial (tau = decrease x its L-inf distance), so the result is
@@ -188,7 +189,7 @@ def cw_linf(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Ten
         opt = torch.optim.Adam([delta], lr=lr)
         done = ~active
         found = torch.zeros(b, dtype=torch.bool, device=dev)
-        ladder = _Ladder(c, steps, const_factor, c_max, abort_early, patience)
+        ladder = _Ladder(c, steps, const_factor, c_max, abort_early, patience, abort_every)
         sol = begin.clone()
         while not done.all():
             act = (~done).nonzero().squeeze(1)

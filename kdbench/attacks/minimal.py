@@ -98,11 +98,11 @@ def cw_l0(eps, norm, seed, num_classes, backend, c0=1e-3, c_max=2e6, steps=1000,
 
 @register_attack("cw-linf-min", backends=("kdbench",), builtin=True, min_norm="Linf")
 def cw_linf_min(eps, norm, seed, num_classes, backend, c0=1e-5, c_max=20.0, steps=1000, lr=5e-3, decrease=0.9,
-                init="min-linf", abort_early=True, patience=3):
+                init="min-linf", abort_early=True, patience=3, abort_every=0):
     run = native_cw("cw_linf", init, eps, norm, seed, num_classes, c0=c0, c_max=c_max, steps=steps, lr=lr,
-                    decrease=decrease, abort_early=bool(abort_early), patience=patience)
+                    decrease=decrease, abort_early=bool(abort_early), patience=patience, abort_every=abort_every or None)
     return Built(run, _minimal(norm, eps, c0=c0, c_max=c_max, steps=steps, lr=lr, decrease=decrease, init=init,
-                               abort_early=abort_early, patience=patience))
+                               abort_early=abort_early, patience=patience, abort_every=abort_every))
 
 
 # ---- the strongest minimal-norm attacks, through libraries (foolbox, pyautoattack) -------------

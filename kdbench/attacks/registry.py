@@ -158,7 +158,7 @@ def _merge(given: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
 # Parameters that make an attack a no-op when out of range: an attack that did not attack is not
 # robustness (docs/guarantees.md).  Counts must be integers >= their minimum; sizes finite and > 0.
 _COUNTS = {"steps": 1, "n_restarts": 1, "n_queries": 1, "binary_steps": 1, "max_rounds": 0, "n_iter": 1,
-           "binary_search_steps": 1, "patience": 0, "abort_every": 1}
+           "binary_search_steps": 1, "patience": 0, "abort_every": 0}
 _POSITIVE = ("step_size", "lr", "c0", "c_max", "c", "p_init", "max_stepsize", "gamma", "init_epsilon")
 _NONNEGATIVE = ("kappa", "decay", "overshoot")
 

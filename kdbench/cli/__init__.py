@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .. import smoke
 from ..errors import KdbenchError
 from .argtypes import budget
 
@@ -115,6 +116,9 @@ def cmd_train(args) -> int:
     if not args.resume and not (args.method or args.config):
         raise KdbenchError("--method is required (or --config)")
     cfg = merge(cfg, over)  # type-checks every option and --set against the typed config
+    if smoke.announce("train"):
+        cfg = merge(cfg, {"epochs": smoke.cap("epochs", cfg.epochs), "eval.n": smoke.cap("monitor_n", cfg.eval.n),
+                          "train_subset": smoke.cap("train_subset", cfg.train_subset)})
     if args.resume and args.chain is None:
         _resume_conflicts(args.out, over, bool(args.config))
     if args.chain is not None:
@@ -296,15 +300,14 @@ def load_plugins() -> None:
     """Import the comma-separated modules of ``KDBENCH_PLUGINS`` (user methods, models, datasets
     registering themselves), looked up in the working directory first, as ``python -m`` does (the
     ``kdbench`` script's own directory is the venv's bin/), then on the usual path."""
-    import importlib
     import os
 
     names = [m.strip() for m in os.environ.get("KDBENCH_PLUGINS", "").split(",") if m.strip()]
-    if names and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    if names:
+        from ..specs import import_user_module
     for name in names:
         try:
-            importlib.import_module(name)
+            import_user_module(name)
         except Exception as e:
             raise KdbenchError(f"KDBENCH_PLUGINS: importing {name!r} failed: {type(e).__name__}: {str(e)[:120]}") \
                 from None

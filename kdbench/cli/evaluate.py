@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import smoke
 from ..errors import KdbenchError
 from .argtypes import budget
 
@@ -133,13 +134,16 @@ def cmd_evaluate(args) -> int:
         teachers.append(resolve_model(spec, info.num_classes, info.in_channels, info.input_size).model)
     if args.tsne and not teachers:
         raise KdbenchError("--tsne needs a teacher (--teacher SPEC, or a run directory with teachers)")
-    kwargs = dict(dataset=ds, n=args.n, attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
+    caps = smoke.announce("evaluate")
+    kwargs = dict(dataset=ds, n=smoke.cap("n", args.n), attacks=attacks, suite=args.suite, eps=args.eps, norm=args.norm,
                    batch_size=args.batch_size, device=args.device, seed=args.seed, cascade=args.cascade,
                    chunk_size=args.chunk_size, store=store, resume=args.resume, progress=not args.no_progress,
                    provenance={"model": lm.provenance()}, checks=not args.no_checks, checks_share=args.checks_share,
                    sensitivity=not args.no_sensitivity,
                    channels_last=args.channels_last, teachers=teachers, teacher_names=teacher_names,
-                   knn_reference=args.knn_reference, tsne=args.tsne, force=args.force)
+                   knn_reference=smoke.cap("knn_reference", args.knn_reference), tsne=args.tsne, force=args.force)
+    if caps:
+        kwargs["provenance"]["smoke"] = caps
     try:
         res = evaluate(lm.model, **kwargs)
     except StoreWriteError as e:  # computed but not stored: keep it, then fail in one line

@@ -36,14 +36,21 @@ class GuardedModel(nn.Module):
         self.name = name
         self.stage = "the clean pass"
 
-    def forward(self, x):
+    @property
+    def module(self) -> nn.Module:
+        """The guarded model, as DDP's ``module`` (``models.unwrap``: classifier and feature access)."""
+        return self.model
+
+    def forward(self, x, **kwargs):
         try:
-            out = self.model(x)
+            out = self.model(x, **kwargs)
         except KdbenchError:
             raise
         except Exception as e:
             raise ModelError(f"model {self.name} raised {type(e).__name__} during {self.stage}: "
                              f"{' '.join(str(e).split())[:160]}") from None
+        if kwargs:  # a KDModel's features=True: a feature record, not logits
+            return out
         if not torch.is_tensor(out):
             raise ModelError(f"model {self.name} returned {type(out).__name__}, not a logits tensor (return the "
                              "logits alone, e.g. out[0] of a tuple)")

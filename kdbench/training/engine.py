@@ -34,7 +34,7 @@ from ..specs import require_trusted, resolve_model
 from ..fsutil import clean_stale
 from ..weights import atomic_write, save_weights
 from .. import distributed as ddist
-from .. import rundir
+from .. import rundir, smoke
 
 
 def resolve_config(cfg: TrainConfig, dataset: Dataset) -> TrainConfig:
@@ -334,7 +334,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress, trust_code: bool
                              "train_size": len(train_set),
                              "monitor": {"split": cfg.eval.split, "n": len(monitor_idx),
                                          "indices_sha256": index_hash(monitor_idx)},
-                             **_refs(cfg, teacher_paths, init_path, out)}}
+                             **_refs(cfg, teacher_paths, init_path, out),
+                             **({"smoke": dict(smoke.CAPS)} if smoke.active() else {})}}
     history: List[dict] = []
     start_epoch, best = 0, -1.0
     if resume and state_path.exists():

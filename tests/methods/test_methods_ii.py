@@ -288,3 +288,22 @@ def test_evaluate_cli_reports_distillation_metrics(teachers, tmp_path):
     r = run_cli("evaluate", "--model", "smallcnn", "--random-weights", "--dataset", "digits", "--tsne",
                 tmp_path / "u.png")
     assert r.returncode == 2 and "--tsne needs a teacher" in r.stderr
+
+
+def test_distillation_metrics_of_a_darht_student_reach_its_composed_classifier(digits):
+    """A DARHT student ends in the STF head (teachers x classes -> classes); its CAMs use the
+    composed classifier on the pooled feature map, also through evaluate()'s guard (which
+    unwraps like DDP's ``module``)."""
+    import math
+
+    from kdbench.evaluation import evaluate
+    from kdbench.methods import get_method
+    from kdbench.models import build_model
+
+    torch.manual_seed(0)
+    student = get_method("darht").build_student(build_model("smallcnn", 10, 1, 8), {}, 2, 10)
+    teacher = build_model("smallcnn", 10, 1, 8)
+    r = evaluate(student, dataset=digits, n=16, attacks=["fgsm"], checks=False, sensitivity=False, device="cpu",
+                 teachers=[teacher], teacher_names=["t"], knn_reference=None, progress=False)
+    cam = r.distillation.teachers["t"].cam_similarity
+    assert math.isfinite(cam.cosine) and -1 <= cam.cosine <= 1 and cam.mse >= 0
