@@ -234,11 +234,22 @@ def _row(name, ds, norm, eps, primary: EvalResult, seeds: List[EvalResult]) -> d
                 "teacher_forward_images": r.teacher_forward_images,
                 "train_hours": None if run is None else round(run.train_seconds / 3600, 4),
                 "train_device": r.device, "eval_device": prov.device,
+                **_eval_cost(primary),
                 "commit": prov.git_commit, "config_sha256": r.config_sha256,
                 "checkpoint": model.weights, "sha256": model.weights_sha256,
                 "eval_seed": prov.seed, "subset_hash": prov.dataset.subset_hash,
                 "result_key": prov.key})
     return row
+
+
+def _eval_cost(r: EvalResult) -> dict:
+    """The primary evaluation's attack cost: model passes (forward + backward images) and seconds
+    (results written before ``cost`` existed: the sum over their attacks, ensembles excluded)."""
+    if r.cost is not None:
+        return {"eval_passes": r.cost.passes, "eval_seconds": round(r.cost.seconds, 1)}
+    own = [a for a in r.attacks.values() if a.best_of is None]
+    return {"eval_passes": sum(a.passes.forward + a.passes.backward for a in own),
+            "eval_seconds": round(sum(a.seconds for a in own), 1)}
 
 
 def _ci(ci):
@@ -274,7 +285,9 @@ MD_COLUMNS = [("#", lambda r: str(r["rank"])), ("model", lambda r: r["name"]), (
               ("seeds: clean", lambda r: _seed_cell(r, "clean")),
               ("seeds: quick worst", lambda r: _seed_cell(r, "quick_worst")),
               ("MWU vs next", lambda r: (r["mwu_vs_next"] or "–").split(" vs ")[0]),
-              ("flags", lambda r: r["flags"] or "–"), ("n", lambda r: str(r["n"]))]
+              ("flags", lambda r: r["flags"] or "–"), ("n", lambda r: str(r["n"])),
+              ("eval passes (M)", lambda r: f"{r['eval_passes'] / 1e6:.2f}"),
+              ("eval s", lambda r: f"{r['eval_seconds']:.0f}")]
 
 
 def to_markdown(rows: List[dict], title: str = "") -> str:

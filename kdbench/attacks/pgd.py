@@ -7,7 +7,7 @@ is visible.  Evaluation attacks go through the libraries (``kdbench evaluate``).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -78,3 +78,49 @@ def cw_margin_pgd(eps, step_size, steps, kappa):
         return pgd(x, objective, eps, step_size, steps, start="uniform")
 
     return run
+
+
+def early_stop_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
+                   step_size: float) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """PGD (uniform start in the L-inf box, or torchattacks PGDL2's start in the L2 ball;
+    sign steps / normalised-gradient steps, projection and [0, 1] clipping) that stops on each
+    point the moment an iterate is misclassified.  The checks need only each point's verdict, so
+    a point is broken when *any* iterate fooled the model (at least as strong as PGD's last
+    iterate) and a broken point costs no further passes.  Returns (robust mask, x' -- the first
+    fooling iterate where broken, the last iterate elsewhere --, forward images).  Used by the
+    validity checks and the ``fast`` suite's first stage."""
+    x, y = x.detach(), y
+    if norm == "Linf":
+        xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    else:
+        d = torch.randn_like(x)
+        d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        xa = (x + d * torch.rand(len(x), 1, 1, 1, device=x.device) * eps).clamp(0, 1)
+    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    out = xa.clone()
+    spent = 0
+    for step in range(steps + 1):
+        act = robust.nonzero().flatten()
+        if not len(act):
+            break
+        xi = xa[act].requires_grad_(True)
+        with torch.enable_grad():
+            z = model(xi)
+            g, = torch.autograd.grad(F.cross_entropy(z, y[act], reduction="sum"), xi) if step < steps else (None,)
+        spent += len(act)
+        robust[act] = z.detach().argmax(1) == y[act]
+        out[act] = xi.detach()
+        if g is None:
+            break
+        keep = robust[act]
+        act, xi, g = act[keep], xi.detach()[keep], g[keep]
+        if norm == "Linf":
+            xn = xi + step_size * g.sign()
+            xn = torch.min(torch.max(xn, x[act] - eps), x[act] + eps)
+        else:
+            xn = xi + step_size * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            dl = xn - x[act]
+            dl = dl * (eps / dl.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1)
+            xn = x[act] + dl
+        xa[act] = xn.clamp(0, 1)
+    return robust, out, spent

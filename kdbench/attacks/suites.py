@@ -6,6 +6,9 @@ from typing import List
 from ..errors import KdbenchError
 
 SUITES = {
+    # AutoAttack-grade verdicts for about a tenth of its passes, with a measured safety net
+    # (attacks/fast.py; docs/evaluate.md, "The fast suite"): for iteration and CI gates
+    "fast": ["fast"],
     "quick": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t"],
     # square before autoattack: AutoAttack then reuses Square's run (and APGD-CE's, APGD-T's) per point
     "standard": ["fgsm", "pgd", "cw-linf", "apgd-ce", "apgd-t", "square", "autoattack"],

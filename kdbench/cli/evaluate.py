@@ -29,7 +29,7 @@ def add_evaluate(sub):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--attacks", help="comma-separated attack specs NAME[@BACKEND][:k=v;...] (use ';' between "
                                      "parameters inside a list)")
-    g.add_argument("--suite", help="quick, standard or paper (default quick)")
+    g.add_argument("--suite", help="fast, quick, standard or paper (docs/evaluate.md; default quick)")
     p.add_argument("--eps", type=budget, help="budget, a number or a fraction such as 8/255 (default: the "
                                               "dataset's for --norm, docs/guide.md)")
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model of --eps (pixel units in [0, 1])")

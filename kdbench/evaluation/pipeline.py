@@ -41,7 +41,7 @@ from ..progress import Reporter
 from ..version import __version__
 from . import metrics, validity
 from .guard import GuardedModel, behaviour_flags, content_hash, model_name, model_state, restore_model
-from .result import (AttackResult, DatasetProvenance, Distillation, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
+from .result import (AttackResult, Cost, DatasetProvenance, Distillation, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
                      PerSample, Provenance, RunConfig, Sensitivity, Validity, WorstCase, WorstClass, from_json, to_json)
 
 
@@ -157,6 +157,7 @@ class AttackOutcome:
     not_evaluated: Optional[torch.Tensor] = None  # points the attack could not process (never robust)
     outside_budget: int = 0  # misclassified outputs outside the budget or [0, 1]: no credit, flagged
     best_of: Optional[Dict[str, int]] = None  # an ensemble: per member, the points where it found the minimum
+    stages: Optional[dict] = None  # a cascade's record (attacks.fast.merge_reports), from the chunks it ran
 
 
 def with_members(built: List[Attack]) -> List[Attack]:
@@ -426,8 +427,15 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
         still &= robust
         fwd, bwd = ddist.all_sum([s.counted.forward_images - fwd0 + stored_f,
                                   s.counted.backward_images - bwd0 + stored_b], dinfo, dev)
+        reports = getattr(a.run, "reports", None)
+        stages = None
+        if reports:
+            from ..attacks.fast import merge_reports
+
+            stages = merge_reports(reports)
+            reports.clear()
         done.append(AttackOutcome(a, robust, dists if a.min_norm else None, time.time() - t0 + stored_seconds,
-                                  Passes(int(fwd), int(bwd)), composition, nev, counts[0]))
+                                  Passes(int(fwd), int(bwd)), composition, nev, counts[0], stages=stages))
         s.counted.on_forward = None
         task.close()
     return done
@@ -486,7 +494,7 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
                                       note="cascade: attacked only points robust to the earlier attacks "
                                            "(cumulative)" if cascade else None,
                                       composition=o.composition or None, not_evaluated=len(nev) or None,
-                                      best_of=o.best_of)
+                                      best_of=o.best_of, stages=o.stages)
         per_sample.robust[a.key] = flags
         if nev:
             per_sample.not_evaluated = per_sample.not_evaluated or {}
@@ -520,6 +528,11 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
     flags += validity.check(n_total, correct_list, {k: v.robust_accuracy for k, v in attacks.items()},
                             per_sample.robust, probe_g) + (budget["flags"] if budget else [])
     ws = _summary(still.tolist(), labels, s.num_classes, clean)
+    own = [o for o in outcomes if not o.attack.extra.get("members")]  # members counted where they ran
+    secs = sum(o.seconds for o in own)
+    cost = Cost(sum(o.passes.forward for o in own), sum(o.passes.backward for o in own), secs,
+                n_total / secs if secs > 0 else None,
+                secs * s.dinfo.world if s.dev.type == "cuda" else None)
     prov = dict(provenance or {})
     model_prov = prov.pop("model", None)
     return EvalResult(
@@ -530,7 +543,7 @@ def assemble(p: Plan, s: Session, correct: torch.Tensor, outcomes: List[AttackOu
         per_sample=per_sample,
         validity=Validity([Flag(**f) for f in flags],
                           {k: v for k, v in budget.items() if k != "flags"} if budget else None),
-        min_perturbation=min_pert or None, sensitivity=sens,
+        min_perturbation=min_pert or None, sensitivity=sens, cost=cost,
         confidence=sum(probe_g["confidence"]) / n_total if probe_g is not None else None,
         worst_case=WorstCase(ws["robust_accuracy"], ws["ci95"], ws["w_robust"], ws["worst_class"], p.specs),
         provenance=Provenance(

@@ -47,6 +47,19 @@ def print_table(r: EvalResult) -> None:
             fmt = (lambda z: "-" if z is None else f"{z:.4g}")
             m.add_row(name, v.norm, f"{v.success_rate:.1%}", fmt(v.mean), fmt(v.median), fmt(v.max))
         c.print(m)
+    if r.cost is not None:
+        rate = f", {r.cost.points_per_second:.1f} points/s" if r.cost.points_per_second else ""
+        gpu = f", {r.cost.gpu_seconds:.0f} GPU-s" if r.cost.gpu_seconds is not None else ""
+        c.print(f"cost: {r.cost.passes:,} model passes ({r.cost.forward:,} forward, {r.cost.backward:,} backward), "
+                f"{r.cost.seconds:.1f} s in attacks{rate}{gpu}")
+    for name, a in r.attacks.items():
+        au = (a.stages or {}).get("audit")
+        if au:
+            bound = (f"; a Square-only breakage rate above {au['rate_bound_95']:.1%} would have shown (95 %)"
+                     if au.get("rate_bound_95") is not None else "")
+            c.print(f"{name}: Square {'on every survivor' if au['path'] == 'full' else 'audit'} "
+                    f"({au['size']} of {au['of']} survivors audited, {au['broken']} broken"
+                    f"{'; ' + ', '.join(au['reasons']) if au['reasons'] else ''}){bound}")
     if r.sensitivity is not None:
         c.print(f"sensitivity: mean |dF/dx| {r.sensitivity.mean:.3g}, fraction < 1e-10 "
                 f"{r.sensitivity.fraction_below_1e10:.1%}; confidence (Eq. 14) {r.confidence:.3f}")

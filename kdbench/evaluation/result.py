@@ -117,6 +117,7 @@ class AttackResult:
     composition: Optional[Dict[str, Dict[str, int]]] = _opt()  # composed AutoAttack: reused / run components
     not_evaluated: Optional[int] = _opt()  # points the attack could not process (counted as not robust)
     best_of: Optional[Dict[str, int]] = _opt()  # an ensemble: per member, the points where it found the minimum
+    stages: Optional[Dict[str, Any]] = _opt()  # a cascade (fast): per stage points and passes, the audit's path
 
 
 @dataclass
@@ -328,6 +329,21 @@ class Provenance:
 
 
 @dataclass
+class Cost:
+    """What the attacks cost (each attack's own work: an ensemble's members and a composed
+    AutoAttack's reused components are counted once, where they ran)."""
+    forward: int = 0
+    backward: int = 0
+    seconds: float = 0.0
+    points_per_second: Optional[float] = None
+    gpu_seconds: Optional[float] = _opt()  # CUDA: seconds x GPUs
+
+    @property
+    def passes(self) -> int:
+        return self.forward + self.backward
+
+
+@dataclass
 class EvalResult:
     """What :func:`kdbench.evaluate` returns (and ``kdbench evaluate --out`` writes as JSON)."""
     clean_accuracy: float
@@ -345,10 +361,12 @@ class EvalResult:
     confidence: Optional[float] = _opt()
     distillation: Optional[Distillation] = _opt()
     store_id: Optional[int] = _opt()
+    cost: Optional[Cost] = _opt()
 
     # -- JSON --------------------------------------------------------------------------
     _ORDER = ("schema_version", "clean_accuracy", "clean_ci95", "n", "attacks", "config", "per_sample", "validity",
-              "min_perturbation", "sensitivity", "confidence", "worst_case", "provenance", "distillation", "store_id")
+              "min_perturbation", "sensitivity", "confidence", "worst_case", "cost", "provenance", "distillation",
+              "store_id")
 
     def to_dict(self) -> dict:
         d = to_json(self)

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..attacks.pgd import early_stop_pgd
 from ..attacks.registry import entries, entry_of
 
 
@@ -97,48 +98,6 @@ def check(n: int, correct: List[bool], acc: Dict[str, float], ps: Dict[str, List
     return flags
 
 
-def early_stop_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
-                   step_size: float) -> Tuple[torch.Tensor, int]:
-    """PGD (uniform start in the L-inf box, or torchattacks PGDL2's start in the L2 ball;
-    sign steps / normalised-gradient steps, projection and [0, 1] clipping) that stops on each
-    point the moment an iterate is misclassified.  The checks need only each point's verdict, so
-    a point is broken when *any* iterate fooled the model (at least as strong as PGD's last
-    iterate) and a broken point costs no further passes.  Returns (robust mask, forward images)."""
-    x, y = x.detach(), y
-    if norm == "Linf":
-        xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    else:
-        d = torch.randn_like(x)
-        d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        xa = (x + d * torch.rand(len(x), 1, 1, 1, device=x.device) * eps).clamp(0, 1)
-    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    spent = 0
-    for step in range(steps + 1):
-        act = robust.nonzero().flatten()
-        if not len(act):
-            break
-        xi = xa[act].requires_grad_(True)
-        with torch.enable_grad():
-            z = model(xi)
-            g, = torch.autograd.grad(F.cross_entropy(z, y[act], reduction="sum"), xi) if step < steps else (None,)
-        spent += len(act)
-        robust[act] = z.detach().argmax(1) == y[act]
-        if g is None:
-            break
-        keep = robust[act]
-        act, xi, g = act[keep], xi.detach()[keep], g[keep]
-        if norm == "Linf":
-            xn = xi + step_size * g.sign()
-            xn = torch.min(torch.max(xn, x[act] - eps), x[act] + eps)
-        else:
-            xn = xi + step_size * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            dl = xn - x[act]
-            dl = dl * (eps / dl.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1)
-            xn = x[act] + dl
-        xa[act] = xn.clamp(0, 1)
-    return robust, spent
-
-
 BLOCK = 8  # points per block of the budget checks
 
 
@@ -172,8 +131,8 @@ def budget_checks(model, x, y, eps: float, norm: str, seed: int, dev, batch_size
         nonlocal spent
         out = []
         for i in range(0, len(xs), batch_size):
-            r, f = early_stop_pgd(model, xs[i:i + batch_size], ys[i:i + batch_size], e, norm, steps,
-                                  e / 4 if steps <= 20 else e / 10)
+            r, _, f = early_stop_pgd(model, xs[i:i + batch_size], ys[i:i + batch_size], e, norm, steps,
+                                     e / 4 if steps <= 20 else e / 10)
             out.append(r)
             spent += 2 * f  # a forward and a backward image per point-step
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=dev)

@@ -9,7 +9,8 @@ import torch
 
 from kdbench.errors import KdbenchError
 from kdbench.evaluation import evaluate
-from kdbench.evaluation.validity import budget_checks, early_stop_pgd
+from kdbench.attacks.pgd import early_stop_pgd
+from kdbench.evaluation.validity import budget_checks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
 from linear_case import make_case  # noqa: E402
@@ -32,7 +33,7 @@ def test_early_stop_pgd_finds_the_exact_boundary_of_a_linear_model(norm):
     for scale, broken in ((1.02, True), (0.98, False)):
         for i in range(len(y)):
             torch.manual_seed(0)
-            robust, spent = early_stop_pgd(model, x[i:i + 1], y[i:i + 1], float(exact[i]) * scale, norm, 40,
+            robust, _, spent = early_stop_pgd(model, x[i:i + 1], y[i:i + 1], float(exact[i]) * scale, norm, 40,
                                            float(exact[i]) * scale / 4)
             assert bool(robust[0]) is not broken, (norm, scale, i)
             assert (spent < 41) if broken else (spent == 41)  # a broken point stops; steps + the last check
