@@ -17,9 +17,8 @@ import resource
 
 import torch
 
-from kdbench.data import get_dataset
 from kdbench.evaluation import evaluate
-from minnorm import load
+from minnorm import points
 
 REFERENCE = "init=none,abort_early=false,patience=0"
 
@@ -51,11 +50,7 @@ def main():
           "default: mean distance, CPU s / point, passes / point | distance ratio | CPU ratio (goal <= 0.1) |")
     print("|---|---|---|---|---|---|---|")
     for spec in a.models.split(","):
-        model, dsname = load(spec)
-        model.eval()
-        ds = get_dataset(dsname)
-        idx, _ = ds.eval_indices(a.n, seed=0)
-        x, y = ds.test.images(idx), ds.test.y[idx]
+        model, x, y = points(spec, a.n)
         for atk in a.attacks.split(","):
             d_ref, s_ref, p_ref = run(model, x, y, f"{atk}:{REFERENCE}")
             d_new, s_new, p_new = run(model, x, y, atk)

@@ -43,6 +43,15 @@ def load(spec):
     return m.model, m.info["name"]
 
 
+def points(spec, n):
+    """(model in eval mode, x, y): a model of :func:`load` and its dataset's first ``n`` seeded
+    test points (kdbench evaluate's subset)."""
+    model, dsname = load(spec)
+    ds = get_dataset(dsname)
+    idx, _ = ds.eval_indices(n, seed=0)
+    return model.eval(), ds.test.images(idx), ds.test.y[idx]
+
+
 def run(model, x, y, specs):
     """Per attack: distances and (seconds, passes); and the clean-correct mask."""
     d = evaluate(model, x, y, attacks=specs, eps=1e-3, device="cpu", checks=False, sensitivity=False).to_dict()
@@ -64,11 +73,7 @@ def main():
           "passes / point |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for spec in a.models.split(","):
-        model, dsname = load(spec)
-        model.eval()
-        ds = get_dataset(dsname)
-        idx, _ = ds.eval_indices(a.n, seed=0)
-        x, y = ds.test.images(idx), ds.test.y[idx]
+        model, x, y = points(spec, a.n)
         for norm in a.norms.split(","):
             dist, cost = {}, {}
             ens = f"min-{norm.lower()}"

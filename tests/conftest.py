@@ -23,6 +23,18 @@ class ModeSpy(torch.nn.Module):
         return self.inner(x)
 
 
+class Scaled(torch.nn.Module):
+    """A model's logits times ``s`` (10^4: a saturated float32 softmax, as after T = 100
+    defensive distillation)."""
+
+    def __init__(self, inner, s):
+        super().__init__()
+        self.inner, self.s = inner, s
+
+    def forward(self, x):
+        return self.inner(x) * self.s
+
+
 _CURRENT = {}
 
 

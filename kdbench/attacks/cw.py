@@ -106,6 +106,15 @@ def _verified(model, x, y, targets, kappa, cand):
         return _success(model(cand), y, targets, kappa) & (flat.min(1).values >= 0) & (flat.max(1).values <= 1)
 
 
+def _masked_step(opt, delta: torch.Tensor, g: torch.Tensor, done: torch.Tensor) -> None:
+    """One Adam step on the rows not ``done``; the done rows keep their delta exactly."""
+    old = delta.detach().clone()
+    delta.grad = g * (~done).to(g.dtype)[:, None, None, None]
+    opt.step()
+    with torch.no_grad():
+        delta[done] = old[done]
+
+
 class _Ladder:
     """Each image's constant ladder within one solve (methods.md 11.2/11.3: c doubled, Adam state
     kept, once ``steps`` Adam steps at a constant pass without success; given up at ``c_max``).
@@ -208,11 +217,7 @@ def cw_linf(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Ten
                 ladder.step(done, act, per.detach(), f.detach())
             if done.all():
                 break
-            old = delta.detach().clone()
-            delta.grad = g * (~done).to(g.dtype)[:, None, None, None]
-            opt.step()
-            with torch.no_grad():
-                delta[done] = old[done]
+            _masked_step(opt, delta, g, done)
         # outer update
         with torch.no_grad():
             active &= found
@@ -283,11 +288,7 @@ def cw_l0(model, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tenso
                 ladder.step(done, act, per.detach(), f.detach())
             if done.all():
                 break
-            old = delta.detach().clone()
-            delta.grad = g * (~done).to(g.dtype)[:, None, None, None]
-            opt.step()
-            with torch.no_grad():
-                delta[done] = old[done]
+            _masked_step(opt, delta, g, done)
         with torch.no_grad():
             active &= found
             if not active.any():

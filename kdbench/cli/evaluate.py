@@ -10,12 +10,16 @@ from .argtypes import budget
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_WEIGHTS = ASSETS / "digits-smallcnn-pgdat.safetensors"
 DEFAULT_MODEL, DEFAULT_DATASET = "smallcnn", "digits"
+# the no-argument default's points: under 60 CPU-seconds on 2 cores with the quick suite, checks and
+# probe (benchmarks/readme_times.py); --n 500 evaluates every digits test point
+DEFAULT_N = 250
 
 
 def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="evaluate a model's robustness (no arguments: the embedded default)",
                        description="Clean and robust accuracy under library attacks, with intervals and "
-                                   "provenance.  With no arguments: kdbench's embedded PGD-AT digits model.")
+                                   "provenance.  With no arguments: kdbench's embedded PGD-AT digits model on "
+                                   f"{DEFAULT_N} test points, quick suite.")
     p.add_argument("--model", help="run dir, ARCH (with --weights), file.py:factory, module:factory, "
                                    "robustbench:NAME")
     p.add_argument("--weights", help="weights file (.safetensors, or a plain state_dict .pt)")
@@ -99,6 +103,8 @@ def cmd_evaluate(args) -> int:
             raise KdbenchError("--weights needs --model ARCH")
         model_spec, weights = DEFAULT_MODEL, str(DEFAULT_WEIGHTS)
         dataset = dataset or DEFAULT_DATASET
+        if args.n is None and dataset == DEFAULT_DATASET:
+            args.n = DEFAULT_N
     require_present(model_spec)
     if args.model is not None and weights is None and not args.random_weights and _is_arch(model_spec):
         raise KdbenchError(f"--model {model_spec} is an architecture without --weights: its weights would be "

@@ -14,28 +14,16 @@ from ..attacks.registry import entries, entry_of
 
 
 
-def probe_gradients(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev) -> Dict[str, list]:
-    """Per sample: mean |d F_c / d x| (F = softmax of the logits, c the predicted class; Eq. 10
-    at T = 1), the largest |d CE / d x|, the confidence (Eq. 14: top probability when correct,
-    else 0), and whether the outputs look like probabilities.  (The pipeline computes the same in
-    its clean pass, :func:`probe_batch`, sharing the forward pass and the CE gradient.)"""
-    out = new_probe()
-    for s in range(0, len(y), batch_size):
-        xb = x[s:s + batch_size].to(dev).requires_grad_(True)
-        yb = y[s:s + batch_size].to(dev)
-        with torch.enable_grad():
-            z = model(xb)
-            probe_batch(out, z, xb, yb)
-    return out
-
-
 def new_probe() -> Dict[str, list]:
     return {"sensitivity": [], "ce_grad_max": [], "confidence": [], "probabilities": True}
 
 
 def probe_batch(out: Dict[str, list], z: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """Add one batch's probe figures to ``out`` (:func:`probe_gradients`) from its logits ``z``
-    (with the graph to ``xb``); returns the cross-entropy input gradient."""
+    """Add one batch's probe figures to ``out`` from its logits ``z`` (with the graph to ``xb``):
+    per sample the mean |d F_c / d x| (F = softmax of the logits, c the predicted class; seed 000
+    Eq. 10 at T = 1), the largest |d CE / d x|, the confidence (Eq. 14: top probability when
+    correct, else 0), and whether the outputs look like probabilities.  Returns the CE input
+    gradient (the clean pass's finiteness check shares it)."""
     p = F.softmax(z, 1)
     top, pred = p.max(1)
     g_s, = torch.autograd.grad(top.sum(), xb, retain_graph=True)

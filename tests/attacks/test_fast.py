@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from kdbench.attacks.fast import malt_targets, merge_reports
 from kdbench.evaluation import evaluate
+from conftest import Scaled
 from linear_case import make_case
 
 KW = dict(device="cpu", checks=False, sensitivity=False, progress=False)
@@ -64,15 +65,6 @@ def test_the_audit_is_seeded_and_recorded(embedded, digits):
     c = evaluate(embedded, dataset=digits, n=80, attacks=[spec], seed=4, **KW).attacks[spec].stages["audit"]
     assert a["points"] == b["points"] and a["seed"] == 3 and len(a["points"][0]) == 12
     assert a["points"] != c["points"]
-
-
-class Scaled(nn.Module):
-    def __init__(self, inner, s):
-        super().__init__()
-        self.inner, self.s = inner, s
-
-    def forward(self, x):
-        return self.inner(x) * self.s
 
 
 def test_a_masking_model_takes_the_full_square_path(embedded, digits):

@@ -13,22 +13,10 @@ import pytest
 import torch
 import yaml
 
-from kdbench.cli import main
 from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+from test_faults import FAST, cli, one_line
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--n", "8", "--attacks", "fgsm", "--no-checks", "--no-sensitivity", "--no-progress"]
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line(err: str, *needles) -> bool:
-    lines = err.strip().splitlines()
-    return len(lines) == 1 and lines[0].startswith("kdbench: error: ") and all(n in lines[0] for n in needles)
 
 
 def test_rows_are_models_by_content_and_the_embedded_row_names_its_method(capsys, tmp_path):
@@ -161,3 +149,18 @@ def test_plugins_are_found_in_the_working_directory(tmp_path):
     r = subprocess.run([str(script), "list", "attacks"], cwd=tmp_path, capture_output=True, text=True,
                        env={**env, "KDBENCH_PLUGINS": "my_attacks"}, timeout=300)
     assert r.returncode == 0 and "noop-here" in r.stdout, r.stderr
+
+
+def test_the_no_argument_default_is_the_embedded_model_on_250_points(capsys, tmp_path):
+    """`kdbench evaluate` alone: the embedded PGD-AT digits model, 250 seeded test points (under a
+    minute of CPU on 2 cores with the quick suite: benchmarks/readme_times.py)."""
+    from kdbench.cli.evaluate import DEFAULT_N
+
+    out = tmp_path / "d.json"
+    rc, _, err = cli(capsys, "evaluate", "--attacks", "fgsm", "--no-checks", "--no-sensitivity", "--no-progress",
+                     "--db", "", "--out", out)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert DEFAULT_N == 250 and r["n"] == 250 and r["provenance"]["model"]["method"] == "pgd-at"
+    rc, _, err = cli(capsys, "evaluate", "--n", "500", *FAST[2:], "--db", "", "--out", out)
+    assert rc == 0 and json.loads(out.read_text())["n"] == 500, err

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import Scaled
 from kdbench.evaluation import evaluate
 
 
@@ -19,15 +20,6 @@ def test_sensitivity_known_gradient():
     assert r["per_sample"]["sensitivity"] == pytest.approx(expect, rel=1e-5)
     assert r["sensitivity"]["mean"] == pytest.approx(sum(expect) / 3, rel=1e-5)
     assert r["confidence"] == pytest.approx(p.mean().item(), rel=1e-5)  # all correct: mean top probability
-
-
-class Scaled(nn.Module):
-    def __init__(self, inner, s):
-        super().__init__()
-        self.inner, self.s = inner, s
-
-    def forward(self, x):
-        return self.inner(x) * self.s
 
 
 def test_saturated_logits_flagged_and_worst_case_unchanged(digits):
