@@ -172,3 +172,15 @@ def merge(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
         node[parts[-1]] = value
     return config_from_dict(d)
 
+
+def number(text) -> float:
+    """A number or a fraction such as ``8/255`` (budgets on the command line, in attack specs and
+    in leaderboard filters); ValueError when it is neither."""
+    t = str(text).strip()
+    if "/" in t:
+        a, b = t.split("/", 1)
+        try:
+            return float(a) / float(b)
+        except ZeroDivisionError:
+            raise ValueError(f"division by zero in {t!r}") from None
+    return float(t)

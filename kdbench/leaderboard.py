@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from .config import number
 from .errors import KdbenchError
 from .fsutil import atomic_write, check_writable_file, confined
 from .attacks.registry import entries
@@ -126,14 +127,9 @@ def eps_filter(text: str):
     """An --eps filter, ``(value, tolerance)``: a number or a fraction (``8/255``), matching the
     budgets that print the same at the board's precision (4 significant digits, ``{:.4g}``):
     ``0.03137`` and ``8/255`` both match 8/255 = 0.0313725..., ``0.1`` does not match 0.12."""
-    t = str(text).strip()
     try:
-        if "/" in t:
-            a, b = t.split("/", 1)
-            v = float(a) / float(b)
-        else:
-            v = float(t)
-    except (ValueError, ZeroDivisionError):
+        v = number(text)
+    except ValueError:
         raise KdbenchError(f"--eps {text!r}: not a number or a fraction such as 8/255") from None
     if not math.isfinite(v) or v <= 0:
         raise KdbenchError(f"--eps {text!r}: a budget is a positive number")

@@ -32,37 +32,21 @@ every earlier stage left robust, and every x' a stage returns is re-checked here
    rate is caught with probability 0.96), and the 95 % upper bound on the rate is
    ``1 - 0.05^(1/m)``.
 
-The record of each chunk (``run.reports``; the result's ``attacks.fast.stages``) holds per stage
+The record of each chunk (merged by ``extra["report"]`` into the result's ``attacks.fast.stages``) holds per stage
 the points attacked and broken and the passes, and the audit's path, size, seed, breaks, reasons
 and bound.  Every stage's randomness is seeded from ``seed``.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import KdbenchError
+from ..models import CountingModel
 from .pgd import early_stop_pgd
 from .registry import Built, register_attack
-
-
-class _Counter(torch.nn.Module):
-    """Counts images through forward and backward passes of one stage."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.forward_images, self.backward_images = model, 0, 0
-
-    def forward(self, x):
-        out = self.model(x)
-        self.forward_images += len(x)
-        if out.requires_grad:
-            n = len(x)
-            out.register_hook(lambda g, n=n: setattr(self, "backward_images", self.backward_images + n))
-        return out
 
 
 def _fooled(model, x, xa, y, eps, norm) -> torch.Tensor:
@@ -111,8 +95,8 @@ def _masking_signals(model, x, y) -> Dict[str, float]:
 
 
 def fast_run(eps, norm, seed, num_classes, pgd_steps, ce_iter, targets, t_iter, audit, n_queries):
-    """``run(model, x, y) -> x_adv`` for the fast cascade (module docstring); ``run.reports``
-    collects one record per call (chunk)."""
+    """``run(model, x, y) -> x_adv`` for the fast cascade (module docstring); ``run.report()``
+    returns the record of the calls (chunks) since its last call."""
     reports: List[dict] = []
 
     def run(model, x, y):
@@ -125,30 +109,33 @@ def fast_run(eps, norm, seed, num_classes, pgd_steps, ce_iter, targets, t_iter, 
         alive = torch.ones(len(x), dtype=torch.bool, device=dev)
         stages: Dict[str, dict] = {}
 
+        def record(name, cm, attacked, broken=0):
+            rec = stages.setdefault(name, {"attacked": 0, "broken": 0, "forward": 0, "backward": 0})
+            for k, v in (("attacked", attacked), ("broken", broken), ("forward", cm.forward_images),
+                         ("backward", cm.backward_images)):
+                rec[k] += v
+            return rec
+
         def stage(name, fn, idx):
             """Run ``fn(counted_model, idx) -> x'`` on the points ``idx``; keep the verified breaks."""
-            cm = _Counter(model)
-            rec = stages.setdefault(name, {"attacked": 0, "broken": 0, "forward": 0, "backward": 0})
+            cm = CountingModel(model)
+            broken = 0
             if len(idx):
                 xa = fn(cm, idx).detach()
                 ok = _fooled(model, x[idx], xa, y[idx], eps, norm)
                 x_adv[idx[ok]] = xa[ok]
                 alive[idx[ok]] = False
-                rec["broken"] += int(ok.sum())
-            rec["attacked"] += len(idx)
-            rec["forward"] += cm.forward_images
-            rec["backward"] += cm.backward_images
-            return rec
+                broken = int(ok.sum())
+            return record(name, cm, len(idx), broken)
 
         def survivors():
             return alive.nonzero().flatten()
 
         torch.manual_seed(seed)
         attacked = survivors()
-        cm = _Counter(model)
+        cm = CountingModel(model)
         signals = _masking_signals(cm, x, y) if len(x) else {}
-        stages["signals"] = {"attacked": len(x), "broken": 0, "forward": cm.forward_images,
-                             "backward": cm.backward_images}
+        record("signals", cm, len(x))
 
         def pgd(m, idx):
             return early_stop_pgd(m, x[idx], y[idx], eps, norm, pgd_steps, eps / 4)[1]
@@ -163,14 +150,11 @@ def fast_run(eps, norm, seed, num_classes, pgd_steps, ce_iter, targets, t_iter, 
         before_t = int(alive.sum())
         if num_classes > 2 and targets > 0:
             live = survivors()
-            cm = _Counter(model)
+            cm = CountingModel(model)
             ranked = malt_targets(cm, x[live], y[live], targets, norm) if len(live) else None
-            stages["malt"] = {"attacked": len(live), "broken": 0, "forward": cm.forward_images,
-                              "backward": cm.backward_images}
-            for r in range(targets if ranked is not None else 0):
-                if r >= ranked.shape[1]:
-                    break
-                pos = {int(i): p for p, i in enumerate(live.tolist())}
+            record("malt", cm, len(live))
+            pos = {int(i): p for p, i in enumerate(live.tolist())}  # a point's row in ranked
+            for r in range(min(targets, ranked.shape[1]) if ranked is not None else 0):
                 idx = survivors()
 
                 def apgd_t(m, idx, r=r):
@@ -219,7 +203,13 @@ def fast_run(eps, norm, seed, num_classes, pgd_steps, ce_iter, targets, t_iter, 
         reports.append(stages)
         return x_adv
 
-    run.reports = reports
+    def report():
+        """The evaluation's record (:func:`merge_reports`) of the chunks run since the last call."""
+        out = merge_reports(reports)
+        reports.clear()
+        return out or None
+
+    run.report = report
     return run
 
 
@@ -260,7 +250,8 @@ def fast(eps, norm, seed, num_classes, backend, pgd_steps=10, ce_iter=20, target
         raise KdbenchError("fast: targets and audit must be >= 0")
     run = fast_run(eps, norm, seed, num_classes, int(pgd_steps), int(ce_iter), int(targets), int(t_iter),
                    int(audit), int(n_queries))
-    return Built(run, {"eps": eps, "norm": norm, "seed": seed, "pgd_steps": pgd_steps, "ce_iter": ce_iter,
-                       "targets": targets, "target_rank": "MALT", "t_iter": t_iter, "audit": audit,
-                       "n_queries": n_queries, "p_init": 0.8,
-                       "library": "pyautoattack (APGD-CE, APGD-T, Square)"}, library_batches=True)
+    return Built(run, extra={"report": run.report},
+                 params={"eps": eps, "norm": norm, "seed": seed, "pgd_steps": pgd_steps, "ce_iter": ce_iter,
+                         "targets": targets, "target_rank": "MALT", "t_iter": t_iter, "audit": audit,
+                         "n_queries": n_queries, "p_init": 0.8,
+                         "library": "pyautoattack (APGD-CE, APGD-T, Square)"}, library_batches=True)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..config import number
 from ..errors import KdbenchError
 from ..registry import Registry
 
@@ -124,8 +125,7 @@ def _num(v: str):
     if v.lower() in ("true", "false"):
         return v.lower() == "true"
     if "/" in v:
-        a, b = v.split("/", 1)
-        return float(a) / float(b)
+        return number(v)
     try:
         return int(v)
     except ValueError:

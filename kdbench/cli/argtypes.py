@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import number
+
 
 def budget(text: str) -> float:
-    """An --eps value: a number or a fraction such as 8/255."""
-    t = str(text).strip()
+    """An --eps value: a number or a fraction such as 8/255 (``config.number``)."""
     try:
-        if "/" in t:
-            a, b = t.split("/", 1)
-            return float(a) / float(b)
-        return float(t)
-    except (ValueError, ZeroDivisionError):
+        return number(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"not a number or a fraction such as 8/255: {text!r}") from None

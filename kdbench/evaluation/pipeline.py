@@ -37,6 +37,7 @@ from ..attacks.suites import suite as suite_specs
 from ..data import Dataset, get_dataset
 from ..device import resolve_device
 from ..errors import KdbenchError
+from ..models import CountingModel
 from ..progress import Reporter
 from ..version import __version__
 from . import metrics, validity
@@ -44,29 +45,6 @@ from .guard import GuardedModel, behaviour_flags, content_hash, model_name, mode
 from .result import (AttackResult, Cost, DatasetProvenance, Distillation, EvalResult, Flag, MinPerturbation, ModelProvenance, Passes,
                      PerSample, Provenance, RunConfig, Sensitivity, Validity, WorstCase, WorstClass, from_json, to_json)
 
-
-
-class CountingModel(nn.Module):
-    """Wraps a model, counting images through forward and backward passes."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.forward_images = 0
-        self.backward_images = 0
-        self.on_forward = None  # called after every forward pass (live progress inside library attacks)
-
-    def forward(self, x):
-        out = self.model(x)
-        n = x.shape[0]
-        self.forward_images += n
-        if self.on_forward is not None:
-            self.on_forward()
-        if out.requires_grad:
-            def hook(grad, n=n):
-                self.backward_images += n
-            out.register_hook(hook)
-        return out
 
 
 def _git_commit() -> Optional[str]:
@@ -157,7 +135,7 @@ class AttackOutcome:
     not_evaluated: Optional[torch.Tensor] = None  # points the attack could not process (never robust)
     outside_budget: int = 0  # misclassified outputs outside the budget or [0, 1]: no credit, flagged
     best_of: Optional[Dict[str, int]] = None  # an ensemble: per member, the points where it found the minimum
-    stages: Optional[dict] = None  # a cascade's record (attacks.fast.merge_reports), from the chunks it ran
+    stages: Optional[dict] = None  # a cascade's record (an attack's extra["report"]), from the chunks it ran
 
 
 def with_members(built: List[Attack]) -> List[Attack]:
@@ -427,13 +405,8 @@ def attack_all(s: Session, y: torch.Tensor, correct: torch.Tensor, *, seed, batc
         still &= robust
         fwd, bwd = ddist.all_sum([s.counted.forward_images - fwd0 + stored_f,
                                   s.counted.backward_images - bwd0 + stored_b], dinfo, dev)
-        reports = getattr(a.run, "reports", None)
-        stages = None
-        if reports:
-            from ..attacks.fast import merge_reports
-
-            stages = merge_reports(reports)
-            reports.clear()
+        report = a.extra.get("report")  # a cascade's record of the chunks it ran (attacks.fast)
+        stages = report() if report is not None else None
         done.append(AttackOutcome(a, robust, dists if a.min_norm else None, time.time() - t0 + stored_seconds,
                                   Passes(int(fwd), int(bwd)), composition, nev, counts[0], stages=stages))
         s.counted.on_forward = None

@@ -139,10 +139,8 @@ def budget_checks(model, x, y, eps: float, norm: str, seed: int, dev, batch_size
     base_all = torch.cat(at[1.0])
     robust_pos = base_all.nonzero().flatten()
     # the convergence check on the first k sweep points: one restart's most must fit what is left
-    k = n if budget is None else 0
-    if budget is not None:
-        afford = int((cap - spent) // (2 * 101))
-        k = n if afford >= len(robust_pos) else (int(robust_pos[afford]) if afford > 0 else 0)
+    afford = n if budget is None else int((cap - spent) // (2 * 101))  # robust points one restart can cover
+    k = n if afford >= len(robust_pos) else (int(robust_pos[afford]) if afford > 0 else 0)
     strong = base_all[:k].clone()
     restarts = 0
     while k and restarts < 5 and strong.any():

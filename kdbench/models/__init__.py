@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from ..errors import KdbenchError
 from ..registry import import_submodules
-from .base import (MODEL_PATTERNS, MODELS, KDModel, ModelOutput, Normalize, classifier_of, forward_all,  # noqa: F401
-                   register_model_pattern, unwrap)
+from .base import (MODEL_PATTERNS, MODELS, CountingModel, KDModel, ModelOutput, Normalize, classifier_of,  # noqa: F401
+                   forward_all, register_model_pattern, unwrap)
 
 import_submodules(__name__, __path__)  # every architecture file registers itself
 

@@ -120,3 +120,26 @@ def forward_all(model: nn.Module, x: torch.Tensor) -> ModelOutput:
         h1.remove()
         h2.remove()
     return ModelOutput(got["fmap"], torch.flatten(got["emb"], 1), logits)
+
+
+class CountingModel(nn.Module):
+    """Wraps a model, counting images through forward and backward passes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forward_images = 0
+        self.backward_images = 0
+        self.on_forward = None  # called after every forward pass (live progress inside library attacks)
+
+    def forward(self, x):
+        out = self.model(x)
+        n = x.shape[0]
+        self.forward_images += n
+        if self.on_forward is not None:
+            self.on_forward()
+        if out.requires_grad:
+            def hook(grad, n=n):
+                self.backward_images += n
+            out.register_hook(hook)
+        return out

@@ -360,10 +360,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress, trust_code: bool
     counter_s = _PassCounter([student])
     counter_t = _PassCounter(teachers)
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else nullcontext
-    bar = Reporter(progress if dinfo.main else False, transient=False)
+    reporter = Reporter(progress if dinfo.main else False, transient=False)
     n_batches = math.ceil(math.ceil(len(train_set) / dinfo.world) / cfg.batch_size)
     try:
-        with bar:
+        with reporter:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
                 lr = method.adjust_lr(epoch, cfg.epochs, lr_at(cfg, epoch), cfg.optimizer.lr,
@@ -373,7 +373,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress, trust_code: bool
                 method.begin_epoch(epoch, cfg.epochs, lr / cfg.optimizer.lr)
                 gen = epoch_generator(cfg.seed, epoch)
                 order = shard_indices(len(train_set), gen, dinfo.rank, dinfo.world)
-                task = bar.phase(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", n_batches, unit="batches")
+                task = reporter.phase(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", n_batches, unit="batches")
                 loss_sum = correct = seen = 0.0
                 for x, y in iterate(train_set, cfg.batch_size, device, indices=order, generator=gen,
                                     augment=augment):
@@ -424,8 +424,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress, trust_code: bool
                 if dinfo.main:
                     ev = f" clean {rec['clean_acc']:.3f}" if "clean_acc" in rec else ""
                     ev += f" pgd {rec['pgd_acc']:.3f}" if "pgd_acc" in rec else ""
-                    bar.print(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} "
-                                      f"train acc {rec['train_acc']:.3f}{ev} ({rec['seconds']:.1f}s)")
+                    reporter.print(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} "
+                                   f"train acc {rec['train_acc']:.3f}{ev} ({rec['seconds']:.1f}s)")
     finally:
         for h in counter_s.handles + counter_t.handles:
             h.remove()
