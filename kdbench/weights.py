@@ -25,11 +25,27 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def save_weights(model: torch.nn.Module, path, metadata: Optional[Dict[str, str]] = None) -> None:
-    from safetensors.torch import save_file
+def canonical_safetensors(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> bytes:
+    """The safetensors bytes of ``tensors`` with the JSON header's keys sorted, so equal weights and
+    metadata give an equal file and sha256 (safetensors writes its metadata in hash-map order,
+    which differs from one process to the next).  The header stays padded to 8 bytes; the tensor
+    data and their offsets are unchanged."""
+    import json
+    import struct
 
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + raw[8 + n:]
+
+
+def save_weights(model: torch.nn.Module, path, metadata: Optional[Dict[str, str]] = None) -> None:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(Path(path), lambda p: save_file(sd, str(p), metadata=metadata))
+    data = canonical_safetensors(sd, metadata)
+    atomic_write(Path(path), lambda p: Path(p).write_bytes(data))
 
 
 def load_state_dict(path) -> Dict[str, torch.Tensor]:

@@ -1,6 +1,9 @@
 """Model shapes, the feature/embedding/classifier interface, safe weights and model specs."""
+import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -93,6 +96,32 @@ def test_pickle_weights_refused_never_executed(tmp_path, monkeypatch):
         with pytest.raises(KdbenchError, match="refusing to load"):
             load_state_dict(path)
     assert not flag.exists()
+
+
+def test_equal_weights_give_an_equal_file(tmp_path):
+    """Equal weights and metadata give byte-identical files (the sha256 keys leaderboard rows and
+    checks teachers), in one process and in another; safetensors reads them back, metadata too."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    m = build_model("smallcnn", 10, 1, 8)
+    meta = {"method": "pgd-at", "epoch": "5", "select": "clean", "kdbench": "0.1.0", "arch": "smallcnn"}
+    for i in range(8):
+        save_weights(m, tmp_path / f"w{i}.safetensors", metadata=meta)
+    torch.save(m.state_dict(), tmp_path / "sd.pt")
+    code = ("import sys, json, torch; from kdbench.models import build_model; from kdbench.weights import save_weights;"
+            "m = build_model('smallcnn', 10, 1, 8); m.load_state_dict(torch.load(sys.argv[1], weights_only=True));"
+            "save_weights(m, sys.argv[2], metadata=json.loads(sys.argv[3]))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "sd.pt"), str(tmp_path / "other.safetensors"),
+                    json.dumps(meta)], check=True)
+    first = (tmp_path / "w0.safetensors").read_bytes()
+    assert all((tmp_path / f"w{i}.safetensors").read_bytes() == first for i in range(1, 8))
+    assert (tmp_path / "other.safetensors").read_bytes() == first
+    assert int.from_bytes(first[:8], "little") % 8 == 0
+    with safe_open(str(tmp_path / "w0.safetensors"), "pt") as f:
+        assert f.metadata() == meta
+    sd = load_state_dict(tmp_path / "w0.safetensors")
+    assert all(torch.equal(sd[k], v) for k, v in m.state_dict().items())
 
 
 def test_weights_mismatch_is_clear(tmp_path):
