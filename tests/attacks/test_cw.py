@@ -111,6 +111,10 @@ def test_cw_init_must_be_a_minimal_attack_of_the_same_norm():
     with pytest.raises(KdbenchError, match="patience must be an integer >= 0"):
         build_attack("cw-l0:patience=-1", 0.1)
     assert build_attack("cw-linf-min", 0.1).params["init"] == "min-linf"
+    # the hopeless-constant cut only after a warm start: from x the ladder must climb from c0
+    assert build_attack("cw-linf-min", 0.1).params["patience"] == 3
+    assert build_attack("cw-linf-min:init=none", 0.1).params["patience"] == 0
+    assert build_attack("cw-linf-min:init=none,patience=2", 0.1).params["patience"] == 2
 
 
 def test_evaluate_reports_rho_adv_and_derived_accuracy(case):
