@@ -3,7 +3,9 @@
     python recipes/seed000_figures.py RUNS OUT --temps 1 2 5 10 20 30 40
 
 Writes OUT/summary.csv (one row per temperature and chain position), OUT/claims.md (each of the
-paper's claims with the statistic our data gives for it and the rule that decides it) and
+paper's claims with the statistic our data gives for it and the rule that decides it),
+OUT/ensemble_vs_cw.md (where both were run: kdbench's rho_adv ensembles against the paper's
+Carlini-Wagner attacks, point by point) and
 OUT/fig3_accuracy.png, fig4_sensitivity.png, fig5_robustness.png, fig6_confidence.png,
 fig7_multistep_accuracy.png, fig8_multistep_robustness.png.
 """
@@ -22,7 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 POSITIONS = ["teacher", "step-1", "step-2", "step-3", "step-4", "step-5", "student"]
 ROLE = {"teacher": "teacher", "step-1": "student (DD)", "step-2": "student via assistant",
         "student": "last link (step 6)"}
-ATTACKS = ["cw-l0", "cw-l2", "cw-linf-min"]
+# rho_adv: kdbench's ensembles (minnorm.json: per point the smallest verified distance over each
+# norm's strongest attacks, issue 20) and the paper's Carlini-Wagner attacks (cw.json), each where run
+ATTACKS = ["min-l0", "min-l2", "min-linf", "cw-l0", "cw-l2", "cw-linf-min"]
 
 
 def load(runs: Path, temps):
@@ -33,20 +37,24 @@ def load(runs: Path, temps):
             if not (d / "acc.json").is_file():
                 continue
             acc = json.loads((d / "acc.json").read_text())
-            cw = json.loads((d / "cw.json").read_text()) if (d / "cw.json").is_file() else {}
+            found, dist = {}, {}
+            for f in ("cw.json", "minnorm.json"):
+                res = json.loads((d / f).read_text()) if (d / f).is_file() else {}
+                for spec, v in (res.get("min_perturbation") or {}).items():
+                    found.setdefault(spec.split(":")[0], v)
+                per = res.get("per_sample") or {}
+                for spec, ds in (per.get("min_distance") or {}).items():
+                    dist.setdefault(spec.split(":")[0], {i: v for i, v in zip(per.get("index", []), ds)
+                                                         if v is not None and math.isfinite(v)})
             row = {"T": t, "position": i, "model": pos, "n": acc["n"], "accuracy": acc["clean_accuracy"],
                    "sensitivity_mean": acc["sensitivity"]["mean"],
                    "fraction_grad_below_1e-10": acc["sensitivity"]["fraction_below_1e-10"],
                    "confidence": acc["confidence"]}
-            found = {spec.split(":")[0]: v for spec, v in (cw.get("min_perturbation") or {}).items()}
             for a in ATTACKS:  # the attack's name, whatever its parameters (cw-l0:steps=100)
                 mp = found.get(a) or {}
                 row[f"{a}_mean"], row[f"{a}_max"] = mp.get("mean"), mp.get("max")
                 row[f"{a}_success"] = mp.get("success_rate")
-            per = (cw.get("per_sample") or {})
-            row["_dist"] = {spec.split(":")[0]: {i: v for i, v in zip(per.get("index", []), d)
-                                                 if v is not None and math.isfinite(v)}
-                            for spec, d in (per.get("min_distance") or {}).items()}
+            row["_dist"] = dist
             rows.append(row)
     return rows
 
@@ -216,7 +224,7 @@ def claims(rows, n_acc):
         temps = [t for t in sorted({r["T"] for r in have})  # the temperatures with every step
                  if {r["position"] for r in have if r["T"] == t} == set(xs)]
         steps = [(r["position"], r[key]) for r in have if r["T"] in temps]
-        if len(xs) < 3 or not temps:
+        if len(xs) < 3 or max(xs) < 3 or not temps:  # not run beyond the main comparison (CW_ROLES)
             continue
         means = [sum(v for p, v in steps if p == x) / sum(1 for p, _ in steps if p == x) for x in xs]
         rho = float(spearmanr(xs, means).statistic)
@@ -234,6 +242,27 @@ def claims(rows, n_acc):
                     f"{', '.join(f'{x}: {m:.3g}' for x, m in zip(xs, means))}; "
                     f"Spearman rho {_fmt(rho)}" + _paired([r for r in have if r["T"] in temps], atk, "student",
                                                           ("step-1",)), verdict))
+    return out
+
+
+PAIRS = [("min-l0", "cw-l0"), ("min-l2", "cw-l2"), ("min-linf", "cw-linf-min")]
+
+
+def ensemble_vs_cw(rows):
+    """Per norm, the ensemble's distance against the paper's CW attack on the same points of the
+    same models: (ensemble, cw, points, mean of ensemble / cw, share smaller, share larger,
+    share where only one of the two found an example)."""
+    out = []
+    for ens, cw in PAIRS:
+        ratios, one = [], 0
+        for r in rows:
+            a, b = r["_dist"].get(ens, {}), r["_dist"].get(cw, {})
+            ratios += [a[i] / b[i] for i in a.keys() & b.keys() if b[i] > 0]
+            one += len(a.keys() ^ b.keys())
+        if ratios:
+            n = len(ratios)
+            out.append((ens, cw, n, sum(ratios) / n, sum(q < 1 - 1e-9 for q in ratios) / n,
+                        sum(q > 1 + 1e-9 for q in ratios) / n, one))
     return out
 
 
@@ -257,6 +286,13 @@ def main():
         f.write("| the paper's claim (seed 000, Sec. VI) | our data | verdict |\n|---|---|---|\n")
         for claim, measured, verdict in claims(rows, n_acc):
             f.write(f"| {claim} | {measured} | {verdict} |\n")
+    pairs = ensemble_vs_cw(rows)
+    if pairs:
+        with open(out / "ensemble_vs_cw.md", "w") as f:
+            f.write("| rho_adv | paper's attack | points (all models) | mean of ensemble / CW per point | "
+                    "ensemble smaller | ensemble larger | found by one only |\n|---|---|---|---|---|---|---|\n")
+            for ens, cw, n, mean, smaller, larger, one in pairs:
+                f.write(f"| {ens} | {cw} | {n} | {mean:.3f} | {smaller:.0%} | {larger:.0%} | {one} |\n")
     three = ["teacher", "step-1", "step-2"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     lines(rows, three, "accuracy", ax, "Fig. 3: accuracy at T = 1", "test accuracy")
@@ -268,8 +304,9 @@ def main():
     lines(rows, three, "fraction_grad_below_1e-10", axes[1], "Fig. 4: share of gradients < 1e-10", "fraction")
     axes[0].legend(fontsize=7)
     fig.tight_layout(); fig.savefig(out / "fig4_sensitivity.png", dpi=120); plt.close(fig)
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for j, atk in enumerate(ATTACKS):
+    present = [atk for atk in ATTACKS if _finite(rows, f"{atk}_mean")]
+    fig, axes = plt.subplots(2, len(present), figsize=(3.7 * len(present), 6), squeeze=False)
+    for j, atk in enumerate(present):
         lines(rows, three, f"{atk}_mean", axes[0, j], f"Fig. 5: mean rho_adv ({atk})", "mean minimal distance")
         lines(rows, three, f"{atk}_max", axes[1, j], f"Fig. 5: max ({atk})", "max minimal distance")
     axes[0, 0].legend(fontsize=7)
@@ -286,8 +323,9 @@ def main():
     ax.set_xlabel("distillation step (0 = teacher)"); ax.set_ylabel("test accuracy")
     ax.set_title("Fig. 7: multi-step accuracy", fontsize=9); ax.legend(fontsize=6)
     fig.tight_layout(); fig.savefig(out / "fig7_multistep_accuracy.png", dpi=120); plt.close(fig)
-    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(11, 3.2))
-    for j, atk in enumerate(ATTACKS):
+    fig, axes = plt.subplots(1, len(present), figsize=(3.7 * len(present), 3.2), squeeze=False)
+    axes = axes[0]
+    for j, atk in enumerate(present):
         key = f"{atk}_mean"
         means = []
         for i, pos in enumerate(POSITIONS):

@@ -65,6 +65,11 @@ def test_seed000_figures_from_result_files(tmp_path):
             per = {"index": list(range(10)),  # per-point distances: step-2 is 2 above the teacher on every point
                    "min_distance": {"cw-l0:steps=30,lr=0.05": [10.0 + i + t + k % 3 for k in range(10)]}}
             (d / "cw.json").write_text(json.dumps({"min_perturbation": mp, "per_sample": per}))
+            # the ensemble (minnorm.json, with a member's entry beside it): 2 below CW-L0, falling with T
+            ens = {"min-l0": {"mean": 8.0 + i - t / 10, "max": 28.0, "success_rate": 1.0},
+                   "fmn-l0:steps=1000": {"mean": 99.0, "max": 99.0, "success_rate": 1.0}}
+            (d / "minnorm.json").write_text(json.dumps({"min_perturbation": ens, "per_sample": {
+                "index": list(range(10)), "min_distance": {"min-l0": [8.0 + i - t / 10] * 10}}}))
     r = subprocess.run([sys.executable, str(ROOT / "recipes" / "seed000_figures.py"), str(runs),
                         str(out), "--temps", "1", "5", "20"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -73,6 +78,7 @@ def test_seed000_figures_from_result_files(tmp_path):
     t20 = {row["model"]: row for row in rows if float(row["T"]) == 20}
     assert float(t20["step-2"]["accuracy"]) == pytest.approx(0.86)
     assert float(t20["step-1"]["cw-l0_mean"]) == 31.0  # found under its parameterised spec
+    assert float(t20["step-1"]["min-l0_mean"]) == 7.0 and t20["step-1"]["min-l2_mean"] == ""
     assert float(t20["teacher"]["fraction_grad_below_1e-10"]) == 0.9 and t20["teacher"]["cw-linf-min_mean"] == ""
     assert sorted(p.name for p in out.glob("*.png")) == [
         "fig3_accuracy.png", "fig4_sensitivity.png", "fig5_robustness.png", "fig6_confidence.png",
@@ -94,6 +100,16 @@ def test_seed000_figures_from_result_files(tmp_path):
     assert "vs teacher: mean paired difference +2 (se 0) over 30 points" in measured
     assert "vs student (DD): mean paired difference +1 (se 0) over 30 points" in measured
     assert verdict["Robustness (mean rho_adv, cw-l2) increases with T"][1] == "not supported"  # flat
+    # the ensemble's columns decide the same claims on their own: falling with T, step-2 ahead by 2 per point
+    measured, v = verdict["Robustness (mean rho_adv, min-l0) increases with T"]
+    assert v == "not supported" and measured.endswith("student via assistant -1.00")
+    measured, v = verdict["The student via the assistant is more robust than the teacher and the assistant (min-l0)"]
+    assert v == "supported" and "vs teacher: mean paired difference +2 (se 0) over 30 points" in measured
+    # per point, the ensemble's L0 against CW-L0's on the same 90 points: (8 + i - t/10) / (10 + i + t + k % 3)
+    ratios = [(8 + i - t / 10) / (10 + i + t + k % 3) for t in (1, 5, 20) for i in range(3) for k in range(10)]
+    table = (out / "ensemble_vs_cw.md").read_text().splitlines()
+    assert len(table) == 3  # L0 only: the fixture has no per-point L2 or L-inf distances of both kinds
+    assert table[2] == f"| min-l0 | cw-l0 | 90 | {sum(ratios) / 90:.3f} | 100% | 0% | 0 |"
     assert verdict["More distillation steps do not change accuracy significantly"] == (
         "largest spread over steps 1-6 at one T 2.00 % (tolerance 2.91 %)", "consistent (within sampling error)")
 
