@@ -93,6 +93,7 @@ def main():
     ap.add_argument("--audits", default="32,48")
     ap.add_argument("--self-check", help="a board row: reference AutoAttack with seed 1 against the committed seed 0")
     ap.add_argument("--self-n", type=int, default=200)
+    ap.add_argument("--save", help="a folder: one JSON per model (the fast verdicts, passes, seconds and stage records)")
     a = ap.parse_args()
     sizes = [int(s) for s in a.audits.split(",") if s]
     ds = get_dataset("fashion-mnist")
@@ -134,6 +135,11 @@ def main():
             ref = r["per_sample"]["robust"]["autoattack"][:a.n]
             ref_passes = reference_passes(r) * len(idx) / r["n"]
         fast, passes, sec, stages, _ = run_fast(model, x, y, eps, a.spec)
+        if a.save:
+            Path(a.save).mkdir(parents=True, exist_ok=True)
+            (Path(a.save) / f"{name.split()[0]}.json").write_text(json.dumps(
+                {"model": name, "n": len(y), "spec": a.spec, "reference_robust": ref, "fast_robust": fast,
+                 "fast_passes": passes, "reference_passes": ref_passes, "fast_seconds": sec, "stages": stages}))
         over = sum(f and not g for f, g in zip(fast, ref))
         under = sum(g and not f for f, g in zip(fast, ref))
         ratio = passes / max(ref_passes, 1)
