@@ -250,19 +250,21 @@ PAIRS = [("min-l0", "cw-l0"), ("min-l2", "cw-l2"), ("min-linf", "cw-linf-min")]
 
 def ensemble_vs_cw(rows):
     """Per norm, the ensemble's distance against the paper's CW attack on the same points of the
-    same models: (ensemble, cw, points, mean of ensemble / cw, share smaller, share larger,
-    share where only one of the two found an example)."""
+    models that ran both: (ensemble, cw, points, mean of ensemble / cw, share smaller, share
+    larger, mean of ensemble / the per-point best of the two, points where only one of the two
+    found an example)."""
     out = []
     for ens, cw in PAIRS:
         ratios, one = [], 0
         for r in rows:
             a, b = r["_dist"].get(ens, {}), r["_dist"].get(cw, {})
-            ratios += [a[i] / b[i] for i in a.keys() & b.keys() if b[i] > 0]
-            one += len(a.keys() ^ b.keys())
+            if a and b:
+                ratios += [a[i] / b[i] for i in a.keys() & b.keys() if b[i] > 0]
+                one += len(a.keys() ^ b.keys())
         if ratios:
             n = len(ratios)
             out.append((ens, cw, n, sum(ratios) / n, sum(q < 1 - 1e-9 for q in ratios) / n,
-                        sum(q > 1 + 1e-9 for q in ratios) / n, one))
+                        sum(q > 1 + 1e-9 for q in ratios) / n, sum(max(q, 1.0) for q in ratios) / n, one))
     return out
 
 
@@ -289,10 +291,11 @@ def main():
     pairs = ensemble_vs_cw(rows)
     if pairs:
         with open(out / "ensemble_vs_cw.md", "w") as f:
-            f.write("| rho_adv | paper's attack | points (all models) | mean of ensemble / CW per point | "
-                    "ensemble smaller | ensemble larger | found by one only |\n|---|---|---|---|---|---|---|\n")
-            for ens, cw, n, mean, smaller, larger, one in pairs:
-                f.write(f"| {ens} | {cw} | {n} | {mean:.3f} | {smaller:.0%} | {larger:.0%} | {one} |\n")
+            f.write("| rho_adv | paper's attack | points (models that ran both) | mean of ensemble / CW per point | "
+                    "ensemble smaller | ensemble larger | mean of ensemble / best of both | found by one only |\n"
+                    "|---|---|---|---|---|---|---|---|\n")
+            for ens, cw, n, mean, smaller, larger, best, one in pairs:
+                f.write(f"| {ens} | {cw} | {n} | {mean:.3f} | {smaller:.0%} | {larger:.0%} | {best:.3f} | {one} |\n")
     three = ["teacher", "step-1", "step-2"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     lines(rows, three, "accuracy", ax, "Fig. 3: accuracy at T = 1", "test accuracy")

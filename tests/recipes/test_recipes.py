@@ -109,7 +109,7 @@ def test_seed000_figures_from_result_files(tmp_path):
     ratios = [(8 + i - t / 10) / (10 + i + t + k % 3) for t in (1, 5, 20) for i in range(3) for k in range(10)]
     table = (out / "ensemble_vs_cw.md").read_text().splitlines()
     assert len(table) == 3  # L0 only: the fixture has no per-point L2 or L-inf distances of both kinds
-    assert table[2] == f"| min-l0 | cw-l0 | 90 | {sum(ratios) / 90:.3f} | 100% | 0% | 0 |"
+    assert table[2] == f"| min-l0 | cw-l0 | 90 | {sum(ratios) / 90:.3f} | 100% | 0% | 1.000 | 0 |"
     assert verdict["More distillation steps do not change accuracy significantly"] == (
         "largest spread over steps 1-6 at one T 2.00 % (tolerance 2.91 %)", "consistent (within sampling error)")
 
