@@ -359,9 +359,11 @@ def print_rows(rows: List[dict]) -> None:
     from rich.table import Table
 
     t = Table(title="kdbench leaderboard")
+    name_width = max((len(r["name"]) for r in rows), default=None)
     for c, _ in MD_COLUMNS:  # the model's name is never cut: it is the row's identity
+        model = c == "model"
         t.add_column(c, justify="left" if c in ("model", "method", "student", "flags") else "right",
-                     no_wrap=c == "model", min_width=max((len(r["name"]) for r in rows), default=None) if c == "model" else None)
+                     no_wrap=model, min_width=name_width if model else None)
     for r in rows:
         t.add_row(*(f(r) for _, f in MD_COLUMNS))
     Console(width=max(Console().width, 200)).print(t)

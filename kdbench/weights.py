@@ -5,7 +5,9 @@ A file that needs arbitrary code to unpickle is refused, never executed.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+import struct
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -30,9 +32,6 @@ def canonical_safetensors(tensors: Dict[str, torch.Tensor], metadata: Optional[D
     metadata give an equal file and sha256 (safetensors writes its metadata in hash-map order,
     which differs from one process to the next).  The header stays padded to 8 bytes; the tensor
     data and their offsets are unchanged."""
-    import json
-    import struct
-
     from safetensors.torch import save
 
     raw = save(tensors, metadata=metadata)
