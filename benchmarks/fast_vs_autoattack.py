@@ -144,7 +144,7 @@ def main():
         under = sum(g and not f for f, g in zip(fast, ref))
         ratio = passes / max(ref_passes, 1)
         ratios.append(ratio)
-        worst = max(worst, (over, name))
+        worst = max(worst, (over, name), key=lambda t: t[0])
         au = stages.get("audit", {})
         var = [f"{(passes - saved) / max(ref_passes, 1):.3f}{'' if same else ' (path changes)'}"
                for m, saved, same in audit_variants(stages, sizes)]
