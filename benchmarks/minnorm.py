@@ -12,7 +12,7 @@ solved; the CW attacks, the slowest, can run on the first ``--cw-n`` of the poin
 of the others then use all points; the per-point best is over the attacks that ran on a point).
 
     python benchmarks/minnorm.py [--models digits,leaderboards/fashion-mnist/runs/pgd-at-s0,...]
-                                 [--n 64] [--cw-n 16] [--norms L2,Linf,L0]
+                                 [--n 64] [--cw-n 16] [--norms L2,Linf,L0] [--others SPEC,SPEC]
 """
 from __future__ import annotations
 
@@ -22,23 +22,29 @@ from pathlib import Path
 
 import torch
 
-from kdbench.cli.evaluate import DEFAULT_WEIGHTS
+from kdbench.attacks.registry import build_attack
+from kdbench.cli.evaluate import DEFAULT_WEIGHTS, split_attacks
 from kdbench.data import get_dataset
 from kdbench.evaluation import evaluate
 from kdbench.specs import resolve_model
 
 # attacks tried besides the default ensembles' members (the ensembles run with their defaults)
-OTHERS = {"L2": ["fmn-l2"], "Linf": [], "L0": []}
+OTHERS = {"L2": ["fmn-l2"], "Linf": [], "L0": ["fmn-l0:steps=1000"]}
 CW = {"L2": "cw-l2", "Linf": "cw-linf-min", "L0": "cw-l0"}
 GOAL = {"L2": 1.02, "Linf": 1.05, "L0": 1.10}
 
 
 def load(spec):
-    """The embedded digits model, or a board run directory with its committed checkpoint
-    (leaderboards/checkpoints/<best.sha256>.safetensors)."""
+    """The embedded digits model, a board run directory with its committed checkpoint
+    (leaderboards/checkpoints/<best.sha256>.safetensors), or any run directory with its weights
+    (e.g. a seed-000 cwnet, runs/seed000-mnist5k/T1/teacher after recipes/mnist5k-seed000.sh train)."""
     if spec == "digits":
         return resolve_model("smallcnn", 10, 1, 8, weights=str(DEFAULT_WEIGHTS)).model, "digits"
-    sha = (Path(spec) / "best.sha256").read_text().split()[0]
+    sha_file = Path(spec) / "best.sha256"
+    if not sha_file.exists():
+        m = resolve_model(spec)
+        return m.model, m.info["name"]
+    sha = sha_file.read_text().split()[0]
     m = resolve_model(spec, weights=str(Path("leaderboards/checkpoints") / f"{sha}.safetensors"))
     return m.model, m.info["name"]
 
@@ -68,7 +74,11 @@ def main():
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--cw-n", type=int, default=16)
     ap.add_argument("--norms", default="L2,Linf,L0")
+    ap.add_argument("--others", default="", help="more attacks to try, comma-separated specs (';' between "
+                    "parameters), each under its own norm, e.g. 'fmn-l0:gamma=0.2,cw-l0:steps=30;lr=0.05'")
     a = ap.parse_args()
+    for spec in split_attacks(a.others) if a.others else []:
+        OTHERS[build_attack(spec, 1e-3).min_norm].append(spec)
     print("| model | norm | attack | points | success | mean | median | mean / per-point best | s / point | "
           "passes / point |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -6,7 +6,8 @@
 #     several GB that also runs on CPU). Installing anything that depends on torch before it
 #     would pull a newer torch;
 #  3. kdbench with its [test] extra, pinned by .ci/constraints.txt (a known-good resolution:
-#     torchattacks 3.5.1 pins requests~=2.25.1, which otherwise makes pip backtrack for minutes).
+#     torchattacks 3.5.1 pins requests~=2.25.1, which otherwise makes pip backtrack for minutes);
+#  4. adv-lib==0.2.8 with --no-deps (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
@@ -21,4 +22,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 \
   ${KDBENCH_TORCH_INDEX:+--index-url "$KDBENCH_TORCH_INDEX"}
 .venv/bin/python -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[test]"
+# adv-lib (sigma-zero, the min-l0 ensemble's main member) without its dependencies: it declares
+# torchvision and visdom, which its sigma-zero module does not use and whose sdist no longer builds
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps adv-lib==0.2.8
 echo "kdbench installed in .venv ($(.venv/bin/kdbench --version))"

@@ -61,7 +61,7 @@ def _versions() -> Dict[str, Optional[str]]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "torchattacks", "adversarial-robustness-toolbox", "pyautoattack", "numpy"):
+    for pkg in ("torch", "torchattacks", "adversarial-robustness-toolbox", "pyautoattack", "foolbox", "adv-lib", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
