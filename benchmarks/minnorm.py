@@ -109,7 +109,8 @@ def main():
                       f"{sec / max(npts, 1):.3f} | {passes / max(npts, 1):.0f} |")
             v = dist[ens_key]
             ok = correct & torch.isfinite(v) & torch.isfinite(best) & (best > 0)
-            ratio = f"cost ratio {cost[ens_key][0] / max(int(correct.sum()), 1) / (cost[CW[norm]][0] / k):.4f} " \
+            k_ok = max(int(correct[:k].sum()), 1)  # the CW attack's seconds per clean-correct point, as above
+            ratio = f"cost ratio {cost[ens_key][0] / max(int(correct.sum()), 1) / (cost[CW[norm]][0] / k_ok):.4f} " \
                     "(goal <= 0.1)" if k else "(CW not run)"
             print(f"| {spec} | {norm} | **{ens} vs the best** | | | | | "
                   f"{(v[ok].mean() / best[ok].mean()).item():.3f} (goal <= {GOAL[norm]}) | {ratio} | |")
