@@ -26,10 +26,10 @@ def advlib_module(module: str):
     spec = importlib.util.find_spec("adv_lib")
     if spec is None or not spec.submodule_search_locations:
         raise KdbenchError("adv-lib is not installed: pip install --no-deps adv-lib==0.2.8 "
-                           "(scripts/install.sh does; docs/evaluate.md, 'Minimal perturbation')")
+                           "(scripts/install.sh does; docs/install.md)")
     try:
         mod = importlib.import_module(f"adv_lib.attacks.{module}")
-    except Exception:  # the package's __init__ imports torchvision and visdom: load the one file
+    except (ImportError, RuntimeError):  # the package's __init__ imports torchvision and visdom: load one file
         path = Path(list(spec.submodule_search_locations)[0]) / "attacks" / f"{module}.py"
         fspec = importlib.util.spec_from_file_location(f"kdbench_advlib_{module}", path)
         mod = importlib.util.module_from_spec(fspec)

@@ -57,6 +57,16 @@ def test_sigma_zero_reaches_the_exact_l0(case):
     assert (d - e).mean() <= SIGMA_ZERO_EXCESS
 
 
+def test_without_adv_lib_sigma_zero_says_what_to_install(case, monkeypatch):
+    from kdbench.adapters import advlib
+
+    monkeypatch.setattr(advlib, "_LOADED", {})
+    monkeypatch.setattr(advlib.importlib.util, "find_spec", lambda name: None)
+    model, x, y = case[:3]
+    with pytest.raises(KdbenchError, match=r"adv-lib is not installed: pip install --no-deps adv-lib==0\.2\.8"):
+        build_attack("min-l0", 0.05).extra["members"][0].run(model, x, y)
+
+
 def test_an_ensemble_is_the_per_point_minimum_of_its_members(case):
     members = ["ddn", "fab-l2", "fmn-l2"]
     spec = "min-l2:members=" + "+".join(members)
