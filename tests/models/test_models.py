@@ -98,6 +98,7 @@ def test_pickle_weights_refused_never_executed(tmp_path, monkeypatch):
     assert not flag.exists()
 
 
+@pytest.mark.subprocess
 def test_equal_weights_give_an_equal_file(tmp_path):
     """Equal weights and metadata give byte-identical files (the sha256 keys leaderboard rows and
     checks teachers), in one process and in another; safetensors reads them back, metadata too."""
