@@ -7,6 +7,14 @@ Commands needing files this machine lacks (CIFAR-10 on disk, RobustBench checkpo
 as not run, with the reason.  CPU seconds are the children's user + system time (2 threads of
 torch count twice per wall second), so run it on an otherwise idle machine.
 
+A ``kdbench train`` command on more than ``LONG`` training images (no ``--train-subset``: hours
+here) is *estimated*, marked ``~``: it runs for one epoch on ``SIZES[0]`` and on ``SIZES[1]``
+images (the second into the command's own ``--out``, so later commands find the run), and the
+full run is ``E * (a + b * S)`` for ``t(N) = a + b * N`` through the two timings (``a``: start-up
+and the epoch's monitor evaluation, ``b``: seconds per training image), ``S`` the training set's
+images and ``E`` the epochs the command trains (``--epochs`` or the dataset's default).  It counts
+the start-up ``E`` times, so it errs high by a few seconds per epoch.
+
     python benchmarks/readme_times.py [--only REGEX] [--tests] > times.md
 """
 from __future__ import annotations
@@ -15,6 +23,7 @@ import argparse
 import os
 import re
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,11 +36,51 @@ from test_docs import blocks, commands  # noqa: E402  (the docs test's block par
 BIN = Path(sys.executable).parent
 NEEDS = [(re.compile(r"cifar10|robustbench:"), "needs CIFAR-10 / RobustBench files on disk"),
          (re.compile(r"my_models\.py|npz:my_data"), "needs the reader's own model and data files")]
+LONG, SIZES = 20_000, (250, 750)
 
 
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def timed(run: str, cwd: Path, env: dict):
+    """(CPU s, wall s, exit status) of one shell command."""
+    c0, t0 = children_cpu(), time.time()
+    rc = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL).returncode
+    return children_cpu() - c0, time.time() - t0, rc
+
+
+def full_size(run: str):
+    """(training images S, epochs E) of a ``kdbench train`` command that trains on more than ``LONG``
+    images, else None."""
+    args = shlex.split(run)
+    if "train" not in args[:3] or any(a in args for a in ("--train-subset", "--config", "--resume", "--chain")):
+        return None
+    opt = dict(zip(args, args[1:]))
+    from kdbench.data import get_dataset
+
+    ds = get_dataset(opt.get("--dataset", ""))
+    size = len(ds.train.y)
+    return (size, int(opt.get("--epochs", ds.info.train_defaults["epochs"]))) if size > LONG else None
+
+
+def estimate(run: str, size: int, epochs: int, cwd: Path, env: dict):
+    """The full command's (CPU s, wall s, exit status, the two measured timings) from one epoch on
+    each of ``SIZES`` (module docstring)."""
+    out = shlex.split(run)[shlex.split(run).index("--out") + 1]
+    points = []
+    for n in SIZES:
+        target = out if n == SIZES[-1] else f"{out}-est{n}"
+        cmd = run.replace(f"--out {out}", f"--out {target}") + f" --epochs 1 --train-subset {n}"
+        cpu, wall, rc = timed(cmd, cwd, env)
+        if rc:
+            return None, None, rc, points
+        points.append((n, cpu, wall))
+    (n1, c1, w1), (n2, c2, w2) = points
+    full = [epochs * (t1 + (t2 - t1) / (n2 - n1) * (size - n1)) for t1, t2 in ((c1, c2), (w1, w2))]
+    return full[0], full[1], 0, points
 
 
 def main():
@@ -60,10 +109,18 @@ def main():
         if why:
             print(f"| `{shown}` | – | – | not run: {why} |", flush=True)
             continue
-        c0, t0 = children_cpu(), time.time()
-        rc = subprocess.run(["bash", "-c", run], cwd=work if "pytest" not in run else ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-        print(f"| `{shown}` | {children_cpu() - c0:.0f} | {time.time() - t0:.0f} | {rc} |", flush=True)
+        long = full_size(run.split("  #")[0])
+        if long:
+            cpu, wall, rc, points = estimate(run.split("  #")[0].strip(), *long, work, env)
+            how = "; ".join(f"1 epoch on {n} images: {c:.0f} CPU s, {w:.0f} s wall" for n, c, w in points)
+            if rc:
+                print(f"| `{shown}` | – | – | {rc} ({how or 'the first size failed'}) |", flush=True)
+            else:
+                print(f"| `{shown}` | ~{cpu:,.0f} | ~{wall:,.0f} | 0 (estimated for {long[1]} epochs on "
+                      f"{long[0]:,} images from {how}) |", flush=True)
+            continue
+        cpu, wall, rc = timed(run, work if "pytest" not in run else ROOT, env)
+        print(f"| `{shown}` | {cpu:.0f} | {wall:.0f} | {rc} |", flush=True)
 
 
 if __name__ == "__main__":

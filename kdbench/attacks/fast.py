@@ -4,7 +4,9 @@ passes, with AutoAttack's safety net against gradient masking measured instead o
 
 A cheapest-first cascade on each chunk's clean-correct points; each stage attacks only the points
 every earlier stage left robust, and every x' a stage returns is re-checked here (prediction,
-[0, 1] box, budget) before the point counts as broken (the pipeline re-checks the final x' again):
+[0, 1] box, budget) before the point counts as broken (the pipeline re-checks the final x' again).
+Inside the APGD stages a point also stops the moment a pass verifies it (:class:`StopSolved`):
+the library's loop goes on, but the solved rows are no longer run.
 
 1. ``pgd``: PGD with ``pgd_steps`` steps of eps/4, stopping on each point at its first fooling
    iterate (``attacks.pgd.early_stop_pgd``): the non-robust points go for a few passes each;
@@ -52,14 +54,63 @@ from .pgd import early_stop_pgd
 from .registry import Built, register_attack
 
 
-def _fooled(model, x, xa, y, eps, norm) -> torch.Tensor:
-    """Where ``xa`` is a verified adversarial example of ``x``: misclassified, in [0, 1], in budget."""
-    with torch.no_grad():
-        wrong = model(xa).argmax(1) != y
-    flat = (xa - x).flatten(1)
+def _verified(x, xa, logits, y, eps, norm) -> torch.Tensor:
+    """Where ``xa`` (with the model's ``logits`` at it) is a verified adversarial example of ``x``:
+    misclassified, in [0, 1], in budget."""
+    wrong = logits.detach().argmax(1) != y
+    flat = (xa - x).detach().flatten(1)
     size = flat.abs().max(1).values if norm == "Linf" else flat.norm(dim=1)
-    box = (xa.flatten(1).min(1).values >= 0) & (xa.flatten(1).max(1).values <= 1)
+    box = (xa.detach().flatten(1).min(1).values >= 0) & (xa.detach().flatten(1).max(1).values <= 1)
     return wrong & box & (size <= eps * (1 + 1e-6) + 1e-7)
+
+
+def _fooled(model, x, xa, y, eps, norm) -> torch.Tensor:
+    """:func:`_verified` with one forward pass at ``xa``."""
+    with torch.no_grad():
+        return _verified(x, xa, model(xa), y, eps, norm)
+
+
+class StopSolved(torch.nn.Module):
+    """The model as one library call on the fixed batch ``x`` sees it, with early stop per point: a
+    row is run until a pass verifies it (misclassified, in [0, 1], in budget: :func:`_verified`, on
+    that pass's own logits); from then on the row is not run again and returns those logits with
+    no gradient.  APGD's updates are per row, so the other rows follow the same trajectory as
+    without it; the solved rows cost no passes.  The library's own x' for a solved row is replaced
+    by the verified one (:meth:`apply`): APGD keeps moving it by momentum.  Calls on another batch
+    size (not this batch) go to the model unchanged."""
+
+    def __init__(self, model, x, y, eps, norm):
+        super().__init__()
+        self.model, self.x, self.y, self.eps, self.norm = model, x.detach(), y, eps, norm
+        self.solved = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.found = x.detach().clone()
+        self.logits = None
+
+    def forward(self, inp):
+        if inp.shape[0] != len(self.x):
+            return self.model(inp)
+        live = (~self.solved).nonzero().flatten()
+        z = self.model(inp[live]) if len(live) else None
+        if self.logits is None:
+            self.logits = torch.zeros(len(inp), z.shape[1], dtype=z.dtype, device=z.device)
+        # the solved rows' stored logits, joined to the graph with zero gradient (the library
+        # differentiates the whole batch)
+        out = self.logits + 0 * inp.flatten(1)[:, :1]
+        if z is None:
+            return out
+        out = out.index_put((live,), z.to(out.dtype))
+        ok = _verified(self.x[live], inp[live], z, self.y[live], self.eps, self.norm)
+        done = live[ok]
+        self.solved[done] = True
+        self.found[done] = inp[done].detach()
+        self.logits[done] = z.detach()[ok]
+        return out
+
+    def apply(self, xa):
+        """``xa`` (the library's x') with the verified x' on the solved rows."""
+        xa = xa.detach().clone()
+        xa[self.solved] = self.found[self.solved]
+        return xa
 
 
 def malt_targets(model, x: torch.Tensor, y: torch.Tensor, k: int, norm: str) -> torch.Tensor:
@@ -146,8 +197,9 @@ def fast_run(eps, norm, seed, num_classes, pgd_steps, ce_iter, targets, t_iter, 
         stage("pgd", pgd, attacked)
 
         def apgd_ce(m, idx):
+            m = StopSolved(m, x[idx], y[idx], eps, norm)
             a = APGDAttack(m, norm=norm, eps=eps, n_iter=ce_iter, n_restarts=1, loss="ce", seed=seed, device=dev)
-            return a.perturb(x[idx], y[idx])
+            return m.apply(a.perturb(x[idx], y[idx]))
 
         stage("apgd-ce", apgd_ce, survivors())
         before_t = int(alive.sum())
@@ -161,12 +213,13 @@ def fast_run(eps, norm, seed, num_classes, pgd_steps, ce_iter, targets, t_iter, 
                 idx = survivors()
 
                 def apgd_t(m, idx, r=r):
+                    m = StopSolved(m, x[idx], y[idx], eps, norm)
                     a = APGDAttack_targeted(m, norm=norm, eps=eps, n_iter=t_iter, n_restarts=1, seed=seed,
                                             device=dev, n_target_classes=1)
                     a.init_hyperparam(x[idx])
                     torch.manual_seed(seed + r)
                     a.y_target = ranked[[pos[int(i)] for i in idx.tolist()], r]
-                    return a.attack_single_run(x[idx], y[idx])[3]
+                    return m.apply(a.attack_single_run(x[idx], y[idx])[3])
 
                 stage("apgd-t", apgd_t, idx)
         margin_gain = before_t - int(alive.sum())

@@ -109,3 +109,32 @@ def test_merged_reports_sum_chunks_and_bound_the_audit():
     assert m["pgd"] == {"attacked": 15, "broken": 3, "forward": 39, "backward": 36}
     assert m["audit"]["path"] == "full" and m["audit"]["size"] == 12 and m["audit"]["reasons"] == ["randomized"]
     assert m["audit"]["rate_bound_95"] == pytest.approx(1 - 0.05 ** (1 / 12))
+
+
+def test_stop_solved_keeps_apgds_verdicts_for_fewer_passes(embedded, digits):
+    """Early stop inside the library's APGD: the rows a pass verified as fooled are not run again,
+    the other rows follow APGD's own trajectory, so the same points are broken (each with a
+    verified x') as by the plain call on the same seed, for fewer passes."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from kdbench.attacks.fast import StopSolved, _fooled
+    from kdbench.models import CountingModel
+
+    x, y, eps = digits.test.images(range(150)), digits.test.y[:150], 0.15
+    with torch.no_grad():
+        keep = embedded(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+
+    def run(wrap):
+        cm = CountingModel(embedded)
+        m = StopSolved(cm, x, y, eps, "Linf") if wrap else cm
+        a = APGDAttack(m, norm="Linf", eps=eps, n_iter=20, n_restarts=1, loss="ce", seed=0, device="cpu")
+        xa = a.perturb(x, y)
+        xa = m.apply(xa) if wrap else xa
+        return _fooled(embedded, x, xa, y, eps, "Linf"), cm.forward_images + cm.backward_images
+
+    plain, plain_passes = run(False)
+    stopped, stopped_passes = run(True)
+    assert 10 < int(plain.sum()) < len(x)  # some broken, some robust: the comparison means something
+    assert torch.equal(stopped, plain)
+    assert stopped_passes < 0.8 * plain_passes
