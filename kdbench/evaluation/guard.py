@@ -28,13 +28,19 @@ class ModelError(KdbenchError):
 
 
 class GuardedModel(nn.Module):
-    """``model`` with its outputs validated and its exceptions named (``stage`` says where)."""
+    """``model`` with its outputs validated and its exceptions named (``stage`` says where).
 
-    def __init__(self, model: nn.Module, name: str):
+    ``channels_last``: the model (converted by the caller) runs on channels-last copies of 4-d
+    inputs, and the gradient with respect to an input comes back in the input's standard layout:
+    attack libraries flatten gradients with ``.view`` (pyautoattack's APGD-T), which a
+    channels-last gradient refuses."""
+
+    def __init__(self, model: nn.Module, name: str, channels_last: bool = False):
         super().__init__()
         self.model = model
         self.name = name
         self.stage = "the clean pass"
+        self.channels_last = channels_last
 
     @property
     def module(self) -> nn.Module:
@@ -42,8 +48,13 @@ class GuardedModel(nn.Module):
         return self.model
 
     def forward(self, x, **kwargs):
+        inp = x
+        if self.channels_last and x.dim() == 4:
+            if x.requires_grad:
+                x.register_hook(lambda g: g.contiguous())
+            inp = x.contiguous(memory_format=torch.channels_last)
         try:
-            out = self.model(x, **kwargs)
+            out = self.model(inp, **kwargs)
         except KdbenchError:
             raise
         except Exception as e:

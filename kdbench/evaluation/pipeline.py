@@ -196,12 +196,12 @@ def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, 
     x = p.x
     model_sha = content_hash(model)
     model = model.to(dev).eval()
-    if channels_last:  # a memory layout only: attacks still run in fp32 (no AMP)
+    if channels_last:  # a memory layout only: attacks still run in fp32 (no AMP); the inputs the
+        # attacks see keep the standard layout (GuardedModel converts them)
         model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
     for prm in model.parameters():
         prm.requires_grad_(False)
-    guard = GuardedModel(model, model_name(model, provenance)).eval()
+    guard = GuardedModel(model, model_name(model, provenance), channels_last=channels_last).eval()
     counted = CountingModel(guard).eval()
     guard.stage = f"a probe on inputs of shape {tuple(x.shape[1:])}"
     with torch.no_grad():

@@ -163,6 +163,27 @@ def test_composed_autoattack_reuses_its_components_and_stays_exact(multiclass_li
     assert a["robust_accuracy"] == pytest.approx(provable[:60].float().mean().item(), abs=1 / 60)
 
 
+def test_channels_last_with_library_attacks_that_flatten_gradients():
+    """On 3 channels a channels-last layout is real (one channel is both layouts at once):
+    pyautoattack's APGD-T (in ``fast``, ``apgd-t`` and AutoAttack) flattens the input gradient with
+    ``.view``, so the gradient must come back in the input's standard layout; verdicts equal the
+    standard layout's."""
+    from kdbench.specs import resolve_model
+
+    torch.manual_seed(0)
+    model = resolve_model("smallcnn", 10, 3, 16).model
+    x = torch.rand(24, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    spec = "fast:audit=4,n_queries=50,t_iter=20"
+    kw = dict(attacks=[spec], eps=0.07, device="cpu", checks=False, sensitivity=False, progress=False)
+    a = evaluate(model, x, y, **kw).to_dict()
+    b = evaluate(model, x, y, channels_last=True, **kw).to_dict()
+    assert 0 < a["attacks"][spec]["robust_accuracy"] < 1  # some points broken, some not
+    assert a["attacks"][spec]["stages"]["apgd-t"]["attacked"] > 0
+    assert a["per_sample"]["robust"] == b["per_sample"]["robust"] and b["config"]["channels_last"]
+
+
 def test_channels_last_changes_nothing_but_layout(default_model, digits):
     kw = dict(dataset=digits, n=80, attacks=["fgsm", "pgd:random_start=false"], device="cpu", checks=False)
     a = evaluate(default_model, **kw).to_dict()
