@@ -113,21 +113,31 @@ class StopSolved(torch.nn.Module):
         return xa
 
 
+def _margin_grad(z, x, y, j, retain):
+    """``grad_x (z_y - z_j)`` per point, flattened."""
+    g, = torch.autograd.grad((z.gather(1, y[:, None]).squeeze(1) - z[:, j]).sum(), x, retain_graph=retain)
+    return g.flatten(1)
+
+
 def malt_targets(model, x: torch.Tensor, y: torch.Tensor, k: int, norm: str) -> torch.Tensor:
     """The ``k`` target classes per point ranked by MALT's almost-linearity score: the linearised
     distance ``(z_y - z_j) / ||grad_x (z_y - z_j)||_*`` to each class's boundary, smallest first
-    (``_*``: L1 for an L-inf budget, L2 for L2).  One forward and one backward per class."""
+    (``_*``: L1 for an L-inf budget, L2 for L2).  One forward and one backward per class, through a
+    retained graph; where the backward refuses a retained graph (a ``torch.compile``d model's
+    backward with donated buffers), one forward per class instead."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         z = model(x)
         c = z.shape[1]
-        zy = z.gather(1, y[:, None]).squeeze(1)
-        grads = []
-        for j in range(c):
-            g, = torch.autograd.grad((zy - z[:, j]).sum(), x, retain_graph=j < c - 1)
-            grads.append(g.flatten(1))
+        try:
+            grads = [_margin_grad(z, x, y, j, retain=j < c - 1) for j in range(c)]
+        except RuntimeError as e:
+            if "retain_graph" not in str(e):
+                raise
+            grads = [_margin_grad(model(x), x, y, j, retain=False) for j in range(c)]
     g = torch.stack(grads, 1)  # B x C x D
     dual = g.abs().sum(2) if norm == "Linf" else g.norm(dim=2)
+    zy = z.gather(1, y[:, None]).squeeze(1)
     score = (zy[:, None] - z).detach() / dual.clamp_min(1e-12)
     score.scatter_(1, y[:, None], float("inf"))
     return score.argsort(1)[:, :max(1, min(k, c - 1))]

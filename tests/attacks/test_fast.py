@@ -138,3 +138,26 @@ def test_stop_solved_keeps_apgds_verdicts_for_fewer_passes(embedded, digits):
     assert 10 < int(plain.sum()) < len(x)  # some broken, some robust: the comparison means something
     assert torch.equal(stopped, plain)
     assert stopped_passes < 0.8 * plain_passes
+
+
+def test_malt_ranks_the_same_where_the_backward_refuses_a_retained_graph(monkeypatch):
+    """A ``torch.compile``d model's backward refuses ``retain_graph`` (donated buffers): MALT then
+    runs one forward per class and ranks exactly as through the retained graph."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 5))
+    x = torch.rand(30, 1, 3, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    expected = malt_targets(model, x, y, 3, "Linf")
+    real, calls = torch.autograd.grad, []
+
+    def refusing(*args, retain_graph=None, **kw):
+        calls.append(retain_graph)
+        if retain_graph:
+            raise RuntimeError("This backward function was compiled with non-empty donated buffers which "
+                               "requires create_graph=False and retain_graph=False")
+        return real(*args, retain_graph=retain_graph, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", refusing)
+    assert torch.equal(malt_targets(model, x, y, 3, "Linf"), expected)
+    assert calls[0] is True and calls[1:] == [False] * 5  # the retained try, then one pass per class
