@@ -34,8 +34,8 @@ the library's loop goes on, but the solved rows are no longer run.
    upper bound on the rate is ``1 - 0.05^(1/m)``.  ``audit=48`` (a 5 % rate caught with
    probability 0.91, a 10 % rate with 0.994; bound 6.1 %) was chosen on the board
    (docs/evaluate.md): the smallest audit that still sends the board's dd row (48 survivors, no
-   masking signal) to the full path; median pass ratio 0.101 of AutoAttack's over the 21
-   benchmark models, against 0.117 with 64 points (0.96; 4.6 %).
+   masking signal) to the full path; median pass ratio 0.099 of AutoAttack's over the 21
+   benchmark models (0.101 without early stop inside APGD; 0.117 with 64 points: 0.96, 4.6 %).
 
 The record of each chunk (merged by ``extra["report"]`` into the result's ``attacks.fast.stages``) holds per stage
 the points attacked and broken and the passes, and the audit's path, size, seed, breaks, reasons
