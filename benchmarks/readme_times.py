@@ -24,6 +24,7 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from test_docs import blocks, commands  # noqa: E402  (the docs test's block par
 BIN = Path(sys.executable).parent
 NEEDS = [(re.compile(r"cifar10|robustbench:"), "needs CIFAR-10 / RobustBench files on disk"),
          (re.compile(r"my_models\.py|npz:my_data"), "needs the reader's own model and data files")]
-LONG, SIZES = 20_000, (250, 750)
+LONG, SIZES = 20_000, (500, 2500)
 
 
 def children_cpu() -> float:
@@ -73,6 +74,7 @@ def estimate(run: str, size: int, epochs: int, cwd: Path, env: dict):
     points = []
     for n in SIZES:
         target = out if n == SIZES[-1] else f"{out}-est{n}"
+        shutil.rmtree(cwd / target, ignore_errors=True)  # a run left in the scratch directory by --work
         cmd = run.replace(f"--out {out}", f"--out {target}") + f" --epochs 1 --train-subset {n}"
         cpu, wall, rc = timed(cmd, cwd, env)
         if rc:
@@ -88,10 +90,12 @@ def main():
     ap.add_argument("--only", help="run only the commands matching this regex (later commands may need the "
                                    "runs earlier ones train)")
     ap.add_argument("--tests", action="store_true", help="also time the test command (about 10 minutes)")
+    ap.add_argument("--work", help="the scratch directory of an earlier run, to reuse its runs (with --only)")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="kdbench-readme-"))
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="kdbench-readme-"))
     for name in ("configs", "leaderboards", "scripts", "recipes"):
-        (work / name).symlink_to(ROOT / name)
+        if not (work / name).exists():
+            (work / name).symlink_to(ROOT / name)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("KDBENCH_SMOKE", None)
     print("| command | CPU s | wall s | exit |")
