@@ -193,7 +193,7 @@ def prepare(model: nn.Module, p: Plan, *, device, seed, batch_size, chunk_size, 
     class count, and the store key of this evaluation: model content, data content, settings."""
     dinfo = ddist.init_distributed("cuda" if str(device).startswith("cuda") else "cpu")
     dev = resolve_device(device, dinfo.local_rank)
-    x = p.x
+    x = p.x.contiguous()  # the standard layout, whatever the caller's: attack libraries .view it
     model_sha = content_hash(model)
     model = model.to(dev).eval()
     if channels_last:  # a memory layout only: attacks still run in fp32 (no AMP); the inputs the

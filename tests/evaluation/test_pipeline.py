@@ -166,8 +166,8 @@ def test_composed_autoattack_reuses_its_components_and_stays_exact(multiclass_li
 def test_channels_last_with_library_attacks_that_flatten_gradients():
     """On 3 channels a channels-last layout is real (one channel is both layouts at once):
     pyautoattack's APGD-T (in ``fast``, ``apgd-t`` and AutoAttack) flattens the input gradient with
-    ``.view``, so the gradient must come back in the input's standard layout; verdicts equal the
-    standard layout's."""
+    ``.view``, so the inputs it sees (channels-last ones given included) and the gradient must be in
+    the standard layout; verdicts equal the standard layout's."""
     from kdbench.specs import resolve_model
 
     torch.manual_seed(0)
@@ -179,9 +179,11 @@ def test_channels_last_with_library_attacks_that_flatten_gradients():
     kw = dict(attacks=[spec], eps=0.07, device="cpu", checks=False, sensitivity=False, progress=False)
     a = evaluate(model, x, y, **kw).to_dict()
     b = evaluate(model, x, y, channels_last=True, **kw).to_dict()
+    c = evaluate(model, x.contiguous(memory_format=torch.channels_last), y, channels_last=True, **kw).to_dict()
     assert 0 < a["attacks"][spec]["robust_accuracy"] < 1  # some points broken, some not
     assert a["attacks"][spec]["stages"]["apgd-t"]["attacked"] > 0
-    assert a["per_sample"]["robust"] == b["per_sample"]["robust"] and b["config"]["channels_last"]
+    assert a["per_sample"]["robust"] == b["per_sample"]["robust"] == c["per_sample"]["robust"]
+    assert b["config"]["channels_last"]
 
 
 def test_channels_last_changes_nothing_but_layout(default_model, digits):
