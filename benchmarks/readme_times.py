@@ -3,9 +3,11 @@ in order, in a scratch directory (so later commands find the runs earlier ones t
 
 Each ``bash`` block of README.md is split into commands as tests/test_docs.py does; install lines
 are what the set-up did and are not re-run; the test command is timed only with ``--tests``.
-Commands needing files this machine lacks (CIFAR-10 on disk, RobustBench checkpoints) are listed
-as not run, with the reason.  CPU seconds are the children's user + system time (2 threads of
-torch count twice per wall second), so run it on an otherwise idle machine.
+Commands needing files that are not there (CIFAR-10 under ``$KDBENCH_DATA_DIR``, the robustbench
+package, the reader's own files placed in the ``--work`` directory) are listed as not run, with the
+reason; where they are there, they are timed like the others.  CPU seconds are the children's
+user + system time (2 threads of torch count twice per wall second), so run it on an otherwise
+idle machine.
 
 A ``kdbench train`` command on more than ``LONG`` training images (no ``--train-subset``: hours
 here) is *estimated*, marked ``~``: it runs for one epoch on ``SIZES[0]`` and on ``SIZES[1]``
@@ -20,6 +22,7 @@ the start-up ``E`` times, so it errs high by a few seconds per epoch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import resource
@@ -35,8 +38,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_docs import blocks, commands  # noqa: E402  (the docs test's block parser: one reading of README)
 BIN = Path(sys.executable).parent
-NEEDS = [(re.compile(r"cifar10|robustbench:"), "needs CIFAR-10 / RobustBench files on disk"),
-         (re.compile(r"my_models\.py|npz:my_data"), "needs the reader's own model and data files")]
+def _cifar10() -> bool:
+    """CIFAR-10 is on disk (``$KDBENCH_DATA_DIR``)."""
+    from kdbench.data import get_dataset
+
+    try:
+        get_dataset("cifar10")
+        return True
+    except Exception:
+        return False
+
+
+def _files(*names):
+    return lambda work: all((work / n).exists() for n in names)
+
+
+# (pattern, what the command needs, whether it is there: a function of the scratch directory)
+NEEDS = [(re.compile(r"robustbench:"), "needs CIFAR-10 and the robustbench package (its checkpoint downloads)",
+          lambda work: _cifar10() and importlib.util.find_spec("robustbench") is not None),
+         (re.compile(r"--weights w\.safetensors"), "needs CIFAR-10 and the reader's weights (w.safetensors)",
+          lambda work: _cifar10() and (work / "w.safetensors").exists()),
+         (re.compile(r"cifar10"), "needs CIFAR-10 on disk ($KDBENCH_DATA_DIR)", lambda work: _cifar10()),
+         (re.compile(r"my_models\.py|npz:my_data"), "needs the reader's own model and data files",
+          _files("my_models.py", "my_data.npz"))]
 LONG, SIZES = 20_000, (500, 2500)
 
 
@@ -105,7 +129,7 @@ def main():
         if re.match(r"^(bash scripts/install\.sh\s*$|source |pip install)", run):
             continue
         shown = cmd.split("  #")[0].strip()
-        why = next((w for rx, w in NEEDS if rx.search(run)), None)
+        why = next((w for rx, w, there in NEEDS if rx.search(run) and not there(work)), None)
         if "python -m pytest" in run and not a.tests:
             why = "the test suite: --tests"
         if a.only and not re.search(a.only, cmd):
