@@ -22,6 +22,7 @@ the start-up ``E`` times, so it errs high by a few seconds per epoch.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import re
@@ -38,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_docs import blocks, commands  # noqa: E402  (the docs test's block parser: one reading of README)
 BIN = Path(sys.executable).parent
+
+
+@functools.lru_cache(maxsize=None)
 def _cifar10() -> bool:
     """CIFAR-10 is on disk (``$KDBENCH_DATA_DIR``)."""
     from kdbench.data import get_dataset
@@ -94,7 +98,8 @@ def full_size(run: str):
 def estimate(run: str, size: int, epochs: int, cwd: Path, env: dict):
     """The full command's (CPU s, wall s, exit status, the two measured timings) from one epoch on
     each of ``SIZES`` (module docstring)."""
-    out = shlex.split(run)[shlex.split(run).index("--out") + 1]
+    args = shlex.split(run)
+    out = args[args.index("--out") + 1]
     points = []
     for n in SIZES:
         target = out if n == SIZES[-1] else f"{out}-est{n}"
@@ -137,9 +142,10 @@ def main():
         if why:
             print(f"| `{shown}` | – | – | not run: {why} |", flush=True)
             continue
-        long = full_size(run.split("  #")[0])
+        bare = run.split("  #")[0].strip()  # without its comment
+        long = full_size(bare)
         if long:
-            cpu, wall, rc, points = estimate(run.split("  #")[0].strip(), *long, work, env)
+            cpu, wall, rc, points = estimate(bare, *long, work, env)
             how = "; ".join(f"1 epoch on {n} images: {c:.0f} CPU s, {w:.0f} s wall" for n, c, w in points)
             if rc:
                 print(f"| `{shown}` | – | – | {rc} ({how or 'the first size failed'}) |", flush=True)
