@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Optional
 
-CAPS = {"n": 8, "knn_reference": 64, "epochs": 1, "train_subset": 64, "monitor_n": 16}
+CAPS = {"n": 8, "knn_reference": 64, "epochs": 1, "train_subset": 16, "monitor_n": 8}
 
 
 def active() -> bool:

@@ -1,6 +1,6 @@
 """Docs that run (issue 21, item 6): every ``bash`` and ``python`` block of README.md and docs/*.md
 is executed, in order, one working directory per document, with ``KDBENCH_SMOKE=1`` (kdbench/smoke.py:
-every command capped to a few points, one epoch, a few hundred training images).
+every command capped to a few points, one epoch, 16 training images).
 
 What a reader brings is provided as fixtures in the working directory (``my_models.py``,
 ``my_data.npz``, ``w.safetensors``, ``my_package/`` with ``ckpt.safetensors``, CIFAR-10 in

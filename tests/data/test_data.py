@@ -203,6 +203,13 @@ def test_missing_data_names_path_and_url(tmp_path):
 def test_offline_sets_fixed_splits():
     d = get_dataset("digits")
     assert (len(d.train), len(d.test)) == (1297, 500) and d.info.input_size == 8
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()  # kdbench reads sklearn's file itself (no sklearn import): the same images
+    perm = np.random.RandomState(0).permutation(1797)
+    assert torch.equal(d.test.images(range(500)), torch.from_numpy(ref.images[perm[1297:]] / 16.0).float()[:, None])
+    assert d.test.y.tolist() == ref.target[perm[1297:]].tolist()
+    assert d.train.y.tolist() == ref.target[perm[:1297]].tolist()
     m = get_dataset("mnist5k")
     assert (len(m.train), len(m.test)) == (4000, 1000)
     assert torch.bincount(m.test.y).tolist() == [100] * 10
