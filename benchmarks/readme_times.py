@@ -222,6 +222,13 @@ def estimate(run: str, size: int, epochs: int, cwd: Path, env: dict):
     return full[0], full[1], 0, points
 
 
+def estimated_row(shown: str, rc: int, how: str, mark: str, cpu, wall, what: str) -> str:
+    """The table row of an estimated command: its figures and how they were reached, or its exit status."""
+    if rc:
+        return f"| `{shown}` | – | – | {rc} ({how or 'the first size failed'}) |"
+    return f"| `{shown}` | {mark}{cpu:,.0f} | {mark}{wall:,.0f} | 0 ({what} from {how}) |"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", help="run only the commands matching this regex (later commands may need the "
@@ -266,21 +273,15 @@ def main():
         if stand_in and shlex.split(bare)[1:2] == ["evaluate"]:
             cpu, wall, rc, timings, points = estimate_eval(bare, work, env, [int(v) for v in a.eval_sizes.split(",")])
             how = "; ".join(f"{n} points: {c:.0f} CPU s, {w:.0f} s wall" for n, c, w in timings)
-            if rc:
-                print(f"| `{shown}` | – | – | {rc} ({how or 'the first size failed'}) |", flush=True)
-            else:
-                print(f"| `{shown}` | <= ~{cpu:,.0f} | <= ~{wall:,.0f} | 0 (stand-ins, every point robust: "
-                      f"estimated for {points:,} points from {how}) |", flush=True)
+            print(estimated_row(shown, rc, how, "<= ~", cpu, wall,
+                                f"stand-ins, every point robust: estimated for {points:,} points"), flush=True)
             continue
         long = full_size(bare, work)
         if long:
             cpu, wall, rc, points = estimate(bare, *long, work, env)
             how = "; ".join(f"1 epoch on {n} images: {c:.0f} CPU s, {w:.0f} s wall" for n, c, w in points)
-            if rc:
-                print(f"| `{shown}` | – | – | {rc} ({how or 'the first size failed'}) |", flush=True)
-            else:
-                print(f"| `{shown}` | ~{cpu:,.0f} | ~{wall:,.0f} | 0 ({'stand-ins: ' if stand_in else ''}estimated "
-                      f"for {long[1]} epochs on {long[0]:,} images from {how}) |", flush=True)
+            print(estimated_row(shown, rc, how, "~", cpu, wall, f"{'stand-ins: ' if stand_in else ''}estimated "
+                                f"for {long[1]} epochs on {long[0]:,} images"), flush=True)
             continue
         cpu, wall, rc = timed(run, work if "pytest" not in run else ROOT, env)
         print(f"| `{shown}` | {cpu:.0f} | {wall:.0f} | {rc} |", flush=True)
